@@ -1,0 +1,175 @@
+"""Tests for the model zoo (wmbench.models): shapes, parameter counts, specs, normalisation."""
+from __future__ import annotations
+
+import json
+from typing import Dict, Tuple
+
+import pytest
+import torch
+from torch import nn
+
+from wmbench.errors import UserError
+from wmbench.models import Classifier, build_model, count_parameters, model_from_spec
+from wmbench.registry import MODELS
+
+K = 10
+B = 2
+
+#: name -> (in_channels, input_size) used to test that model: small but valid.
+SHAPES: Dict[str, Tuple[int, int]] = {
+    "naivenet": (1, 28),
+    "tinycnn": (1, 28),
+    "alexnet_cifar": (1, 28),
+    "cwnet": (3, 32),
+    "resnet18_cifar": (3, 32),
+    "resnet50": (3, 32),
+    "densenet161": (3, 32),
+    "efficientnet_b2": (3, 32),
+    "vgg16": (3, 32),
+    "mobilenet_v2": (3, 32),
+    "vit_b_16": (3, 32),
+}
+
+
+def _check_contract(model: Classifier, in_channels: int, size: int) -> None:
+    model.eval()
+    x = torch.rand(B, in_channels, size, size)
+    with torch.no_grad():
+        feats = model.features(x)
+        logits = model(x)
+    assert isinstance(model, Classifier)
+    assert isinstance(model.head, nn.Linear)
+    assert model.head.in_features == model.feature_dim
+    assert model.head.out_features == model.num_classes == K
+    assert feats.shape == (B, model.feature_dim)
+    assert logits.shape == (B, K)
+    assert torch.isfinite(logits).all()
+    assert model.mean.shape == model.std.shape == (1, in_channels, 1, 1)
+
+
+def test_every_builtin_model_is_tested() -> None:
+    builtins = [n for n in MODELS.names() if MODELS.get(n).__module__.startswith("wmbench.models")]
+    assert sorted(builtins) == sorted(SHAPES)
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_shapes_and_spec_roundtrip(name: str) -> None:
+    in_channels, size = SHAPES[name]
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=in_channels, num_classes=K, input_size=size)
+    _check_contract(model, in_channels, size)
+
+    spec = json.loads(json.dumps(model.spec))  # the spec must survive JSON
+    assert spec == {
+        "arch": name, "in_channels": in_channels, "num_classes": K, "input_size": size,
+        "mean": [0.5] * in_channels, "std": [0.5] * in_channels,
+    }
+    rebuilt = model_from_spec(spec)
+    assert type(rebuilt.backbone) is type(model.backbone)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.eval()
+    x = torch.rand(B, in_channels, size, size)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_single_channel_input(name: str) -> None:
+    _, size = SHAPES[name]
+    model = build_model(name, in_channels=1, num_classes=K, input_size=size)
+    _check_contract(model, 1, size)
+
+
+@pytest.mark.parametrize(
+    "name, in_channels, size, expected",
+    [
+        ("naivenet", 1, 28, 421_642),
+        ("cwnet", 3, 32, 1_147_978),
+        ("alexnet_cifar", 3, 32, 2_472_266),
+        ("resnet18_cifar", 3, 32, 11_173_962),
+    ],
+)
+def test_parameter_counts(name: str, in_channels: int, size: int, expected: int) -> None:
+    model = build_model(name, in_channels=in_channels, num_classes=K, input_size=size)
+    assert count_parameters(model) == expected
+
+
+def test_count_parameters_trainable_only() -> None:
+    model = build_model("tinycnn", in_channels=1, num_classes=K, input_size=28)
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    assert count_parameters(model, trainable_only=True) == 32 * K + K
+    assert count_parameters(model) > count_parameters(model, trainable_only=True)
+
+
+def test_normalisation_is_applied() -> None:
+    plain = build_model("tinycnn", in_channels=3, num_classes=K, input_size=16, mean=0.0, std=1.0)
+    norm = build_model("tinycnn", in_channels=3, num_classes=K, input_size=16, mean=[0.5] * 3, std=[0.5] * 3)
+    norm.backbone.load_state_dict(plain.backbone.state_dict())
+    norm.head.load_state_dict(plain.head.state_dict())
+    x = torch.rand(B, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(plain.features(x), norm.features(x))
+        assert torch.allclose(norm.features(x), plain.features((x - 0.5) / 0.5), atol=1e-6)
+        assert torch.allclose(norm(x), plain((x - 0.5) / 0.5), atol=1e-6)
+
+
+def test_mean_std_are_saved_with_the_weights() -> None:
+    model = build_model("tinycnn", in_channels=3, num_classes=K, input_size=16,
+                        mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.6])
+    state = model.state_dict()
+    assert torch.allclose(state["mean"].flatten(), torch.tensor([0.1, 0.2, 0.3]))
+    assert torch.allclose(state["std"].flatten(), torch.tensor([0.4, 0.5, 0.6]))
+    assert model_from_spec(model.spec).spec == model.spec
+
+
+def test_head_can_be_replaced_and_trained() -> None:
+    model = build_model("naivenet", in_channels=1, num_classes=K, input_size=28)
+    model.head = nn.Linear(model.feature_dim, 3)
+    x = torch.rand(B, 1, 28, 28)
+    loss = nn.functional.cross_entropy(model(x), torch.tensor([0, 2]))
+    loss.backward()
+    assert model.head.weight.grad is not None
+    assert model.backbone[0].weight.grad is not None
+
+
+def test_unknown_arch_lists_available_names() -> None:
+    with pytest.raises(UserError) as info:
+        build_model("no_such_net", in_channels=3, num_classes=K, input_size=32)
+    message = str(info.value)
+    assert "no_such_net" in message and "available" in message
+    for name in ("naivenet", "cwnet", "vit_b_16"):
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    "name, size",
+    [("vit_b_16", 28), ("vit_b_16", 8), ("cwnet", 15), ("vgg16", 28), ("densenet161", 28), ("naivenet", 3)],
+)
+def test_unsupported_input_size_raises(name: str, size: int) -> None:
+    with pytest.raises(UserError, match=name):
+        build_model(name, in_channels=3, num_classes=K, input_size=size)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mean": [0.5, 0.5]},  # wrong length for 3 channels
+        {"std": [0.5, 0.0, 0.5]},  # non-positive std
+        {"num_classes": 0},
+        {"in_channels": 0},
+        {"input_size": "32"},
+    ],
+)
+def test_bad_arguments_raise_user_error(kwargs: dict) -> None:
+    args = {"in_channels": 3, "num_classes": K, "input_size": 16, **kwargs}
+    with pytest.raises(UserError):
+        build_model("tinycnn", **args)
+
+
+def test_model_from_spec_requires_keys() -> None:
+    with pytest.raises(UserError, match="input_size"):
+        model_from_spec({"arch": "tinycnn", "in_channels": 1, "num_classes": K})

@@ -1,0 +1,252 @@
+"""The ``wmbench`` command line: ``run``, ``report``, ``show``, ``list``.
+
+Bad input (unknown names, malformed ``--set``, missing data, no runnable cell, corrupt result
+files) prints one line ``wmbench: error: ...`` saying what was wrong and what is accepted, and
+exits with code 2 before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from wmbench import __version__
+from wmbench.config import PROFILE_NAMES, config_to_dict, resolve
+from wmbench.errors import UserError
+
+log = logging.getLogger("wmbench")
+
+RESULTS_ROOT = "results"
+
+
+def _add_plugin(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first so its methods/attacks register (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wmbench",
+        description="Benchmark DNN black-box watermarks against stealing, removal and evasion attacks.",
+    )
+    parser.add_argument("--version", action="version", version=f"wmbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train, attack and verify a method × attack × dataset × seed grid")
+    p.add_argument("--methods", default="badnets", help="comma-separated method names, or 'all' (default: badnets)")
+    p.add_argument("--attacks", default="none", help="comma-separated attack names, or 'all' (default: none)")
+    p.add_argument("--datasets", default="fmnist", help="comma-separated dataset names (default: fmnist)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--profile", default="quick", choices=PROFILE_NAMES, help="budget profile (default: quick)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. train.epochs=3 or attacks.knockoff.budget=5000 (repeatable)")
+    p.add_argument("--config", help="YAML or TOML file with the same sections as --set")
+    p.add_argument("--data-root", help="data folder (default: $WMBENCH_DATA, then system paths)")
+    p.add_argument("--download", action="store_true", help="allow torchvision downloads (needs network)")
+    p.add_argument("--out", help="run folder (default: results/<datasets>-<profile>)")
+    p.add_argument("--cache-dir", help="artifact cache (default: <out>/artifacts)")
+    p.add_argument("--executor", default="serial", choices=("serial", "ray"), help="cell scheduler (default: serial)")
+    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"), help="join an existing Ray cluster")
+    p.add_argument("--cpus-per-cell", type=float, default=1.0, help="CPUs per cell under Ray (default: 1)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default: auto)")
+    p.add_argument("--overwrite", action="store_true", help="rerun finished cells and rebuild their models")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_plugin(p)
+
+    p = sub.add_parser("report", help="print and write paper-style tables for a run folder")
+    p.add_argument("run_dir", metavar="DIR", help="a run folder written by `wmbench run`")
+    p.add_argument("--format", default="md", choices=("md", "latex", "csv", "html"), help="printed format (default: md)")
+    p.add_argument("--compare", choices=("paper",), help="put the DeepTracer paper's Table 1/2 figures beside ours")
+    p.add_argument("--no-write", action="store_true", help="print only; do not write report files into DIR")
+    _add_plugin(p)
+
+    p = sub.add_parser("show", help="show one cell: its config, metrics, status and log")
+    p.add_argument("cell_id", metavar="CELL_ID", help="a cell id or a unique prefix of one")
+    p.add_argument("--out", help=f"run folder to search (default: every folder under {RESULTS_ROOT}/)")
+    _add_plugin(p)
+
+    p = sub.add_parser("list", help="list registered methods, attacks, datasets or models")
+    p.add_argument("what", choices=("methods", "attacks", "datasets", "models"))
+    p.add_argument("--profile", default="quick", choices=PROFILE_NAMES, help="profile whose defaults are shown")
+    _add_plugin(p)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+def _pct(value: Any) -> str:
+    try:
+        return f"{100 * float(value):.2f}"
+    except (TypeError, ValueError):
+        return ""
+
+
+def summary_table(frame) -> str:
+    """A compact per-cell table of the main figures."""
+    from tabulate import tabulate
+
+    from wmbench.results import wide
+
+    table = wide(frame)
+    lines = []
+    if not table.empty:
+        rows = []
+        for _, r in table.sort_values(["dataset", "method", "attack", "labels", "seed"]).iterrows():
+            rows.append([
+                r["dataset"], r["method"], r["attack"], r["labels"], r["seed"],
+                _pct(r.get("benign_acc")), _pct(r.get("benign_wsr")), _pct(r.get("victim_acc")), _pct(r.get("victim_wsr")),
+                _pct(r.get("attack_acc")), _pct(r.get("attack_fidelity")), _pct(r.get("attack_wsr")),
+                "" if r.get("attack_queries") != r.get("attack_queries") else int(r.get("attack_queries", 0)),
+                {1.0: "stolen", 0.0: "not stolen"}.get(r.get("attack_detected"), ""),
+            ])
+        lines.append(tabulate(rows, headers=["dataset", "method", "attack", "labels", "seed", "benign acc", "benign wsr",
+                                             "victim acc", "victim wsr", "suspect acc", "fidelity", "suspect wsr",
+                                             "queries", "verdict"], tablefmt="github"))
+    other = frame[frame["status"] != "ok"].drop_duplicates("cell_id")
+    for _, r in other.iterrows():
+        lines.append(f"{r['status']}: {r['method']} × {r['attack']}[{r['labels']}] on {r['dataset']} seed {r['seed']}"
+                     f" ({r['cell_id']}){': ' + r['skipped_reason'] if r['skipped_reason'] else ''}")
+    return "\n".join(lines) if lines else "no cells"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from wmbench.runner import run
+
+    def announce(record: Dict[str, Any]) -> None:
+        cell = record["cell"]
+        print(f"[{record['status']}] {cell['method']} × {cell['attack']}{'[' + cell['labels'] + ']' if cell['labels'] else ''}"
+              f" on {cell['dataset']} seed {cell['seed']} ({record['cell_id']}, {record.get('wall_s', 0):.0f}s)",
+              file=sys.stderr, flush=True)
+
+    frame = run(
+        args.methods, args.attacks, args.datasets, seeds=args.seeds, profile=args.profile, overrides=args.overrides,
+        config=args.config, data_root=args.data_root, download=args.download, out=args.out, cache_dir=args.cache_dir,
+        executor=args.executor, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
+        overwrite=args.overwrite, plugins=args.plugin, device=args.device,
+        progress=False if args.no_progress else None, on_record=announce,
+    )
+    print(summary_table(frame))
+    from wmbench.runner import default_run_dir
+    from wmbench.registry import DATASETS
+
+    out = args.out or default_run_dir(DATASETS.resolve_list(args.datasets), args.profile)
+    print(f"\nresults: {out}/results.parquet (and .csv); tables: wmbench report {out}")
+    return 1 if (frame["status"] == "failed").any() else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from wmbench import report
+    from wmbench.results import load
+
+    frame = load(args.run_dir)
+    print(report.render(frame, fmt=args.format, compare=args.compare))
+    if not args.no_write:
+        paths = report.write_report(frame, args.run_dir, compare=args.compare)
+        print("\nwritten: " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
+def _find_cell(cell_id: str, out: Optional[str]) -> Path:
+    roots = [Path(out)] if out else sorted(p for p in Path(RESULTS_ROOT).glob("*") if p.is_dir())
+    if out and not Path(out).is_dir():
+        raise UserError(f"run folder {out} does not exist")
+    matches = [p for root in roots for p in (root / "cells").glob(f"{cell_id}*.json")]
+    if not matches:
+        raise UserError(f"no cell {cell_id!r} in {', '.join(map(str, roots)) or RESULTS_ROOT + '/ (empty)'}; "
+                        f"cell ids are listed by `wmbench run` and in results.csv")
+    if len({m.stem for m in matches}) > 1:
+        raise UserError(f"cell id prefix {cell_id!r} is ambiguous: {', '.join(sorted({m.stem for m in matches}))}")
+    return matches[0]
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from wmbench.results import read_cell
+
+    path = _find_cell(args.cell_id, args.out)
+    record = read_cell(path)
+    cell = record.get("cell", {})
+    print(f"cell {record['cell_id']}  status: {record['status']}  ({path})")
+    print(f"{cell.get('method')} × {cell.get('attack')}{'[' + cell.get('labels', '') + ']' if cell.get('labels') else ''}"
+          f" on {cell.get('dataset')} ({cell.get('arch')}), seed {cell.get('seed')}, profile {cell.get('profile')}")
+    if record.get("skipped_reason"):
+        print(f"skipped: {record['skipped_reason']}")
+    for stage, metrics in (record.get("metrics") or {}).items():
+        print(f"  {stage}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    if record.get("traceback"):
+        print("\ntraceback:\n" + record["traceback"])
+    print("\nconfig:\n" + json.dumps(cell, indent=1, sort_keys=True))
+    print("\nprovenance: " + json.dumps(record.get("provenance", {}), sort_keys=True))
+    log_path = path.parent.parent / "logs" / f"{record['cell_id']}.log"
+    if log_path.exists():
+        print(f"\nlog ({log_path}):\n" + log_path.read_text()[-4000:])
+    return 0
+
+
+def _defaults(cls: Any, profile: str) -> str:
+    config = resolve(cls.Config, profile)
+    return ", ".join(f"{k}={v}" for k, v in config_to_dict(config).items())
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from wmbench.registry import ATTACKS, DATASETS, METHODS, MODELS
+
+    rows: List[List[Any]] = []
+    if args.what in ("methods", "attacks"):
+        registry = METHODS if args.what == "methods" else ATTACKS
+        for name in registry.names():
+            cls = registry.get(name)
+            rows.append([name, cls.paper, cls.year or "", cls.category, _defaults(cls, args.profile)])
+        headers = ["name", "paper", "year", "category", f"defaults ({args.profile})"]
+    elif args.what == "datasets":
+        for name in DATASETS.names():
+            cls = DATASETS.get(name)
+            shape = f"{getattr(cls, 'channels', '?')}×{getattr(cls, 'size', '?')}²"
+            rows.append([name, getattr(cls, "paper", ""), getattr(cls, "num_classes", ""), shape,
+                         (getattr(cls, "description", "") or "").split("\n")[0]])
+        headers = ["name", "paper", "classes", "shape", "description"]
+    else:
+        for name in MODELS.names():
+            fn = MODELS.get(name)
+            rows.append([name, (fn.__doc__ or "").strip().split("\n")[0]])
+        headers = ["name", "description"]
+    print(tabulate(rows, headers=headers, tablefmt="github", maxcolwidths=[None, 40, None, 30, 70]
+                   if args.what in ("methods", "attacks") else None))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "show": cmd_show, "list": cmd_list}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        from wmbench.registry import load_plugin
+
+        for module in getattr(args, "plugin", []) or []:
+            load_plugin(module)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"wmbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wmbench: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""Typed, frozen configuration with three profiles and canonical hashing.
+
+Every component (the shared sections below, each method, each attack) declares a frozen
+dataclass whose field defaults are the **paper** settings, and a ``PROFILES`` mapping with the
+overrides for ``smoke`` (seconds, for tests) and ``quick`` (minutes on a 2-core CPU).
+
+Precedence, lowest first: dataclass defaults (paper) < profile overrides < config file
+(YAML or TOML) < ``--set section.key=value``.
+
+Sections of the config file / ``--set`` keys:
+
+- ``data.*``      :class:`DataConfig` (splits, subset sizes, data root)
+- ``train.*``     :class:`TrainConfig` (benign and victim training schedule)
+- ``verify.*``    :class:`VerifyConfig`
+- ``model.*``     :class:`ModelConfig`
+- ``methods.NAME.*``, ``attacks.NAME.*``  the component's own ``Config``
+- ``datasets.NAME.*``  options passed to a dataset source (e.g. ``datasets.synthetic.num_classes=4``)
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+from wmbench.errors import UserError
+
+PROFILE_NAMES: Tuple[str, ...] = ("smoke", "quick", "paper")
+SECTION_NAMES: Tuple[str, ...] = ("data", "train", "verify", "model", "methods", "attacks", "datasets")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training schedule of the benign and watermarked models.
+
+    Paper (DeepTracer, Implementation Details): Adam, lr 1e-3 halved every 10 epochs,
+    100 epochs per phase, batch 128 (batch size not stated; 128 as in MEA-Defender's code).
+
+    Parameters
+    ----------
+    epochs: int = 100            epochs per training phase.
+    batch_size: int = 128
+    optimizer: str = "adam"      "adam" or "sgd".
+    lr: float = 1e-3
+    momentum: float = 0.9        SGD only.
+    weight_decay: float = 0.0
+    lr_step: int = 10            StepLR period in epochs; 0 disables the schedule.
+    lr_gamma: float = 0.5        StepLR factor.
+    amp: bool = False            bf16 autocast, used only on CUDA.
+    """
+
+    epochs: int = 100
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_step: int = 10
+    lr_gamma: float = 0.5
+    amp: bool = False
+
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "smoke": {"epochs": 2, "batch_size": 64},
+        "quick": {"epochs": 5},
+        "paper": {},
+    }
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UserError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise UserError(f"train.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.lr <= 0:
+            raise UserError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Data splits. The attacker's split is disjoint from the owner's (WRT convention:
+    the first ``attacker_fraction`` of a fixed-seed permutation of the training set).
+
+    Parameters
+    ----------
+    root: str | None = None          data root (else ``$WMBENCH_DATA``, else system paths).
+    download: bool = False           allow torchvision downloads (needs network).
+    attacker_fraction: float = 1/3
+    split_seed: int = 1337           fixed across run seeds so every seed sees the same split.
+    owner_size, attacker_size, test_size: int | None = None   optional caps (seeded subsets).
+    """
+
+    root: Optional[str] = None
+    download: bool = False
+    attacker_fraction: float = 1.0 / 3.0
+    split_seed: int = 1337
+    owner_size: Optional[int] = None
+    attacker_size: Optional[int] = None
+    test_size: Optional[int] = None
+
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "smoke": {"owner_size": 2000, "attacker_size": 1000, "test_size": 1000},
+        "quick": {},
+        "paper": {},
+    }
+
+    def validate(self) -> None:
+        if not 0.0 < self.attacker_fraction < 1.0:
+            raise UserError(f"data.attacker_fraction must be in (0, 1), got {self.attacker_fraction}")
+        for name in ("owner_size", "attacker_size", "test_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"data.{name} must be a positive integer or null, got {value}")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Ownership verification. Paper: stolen iff WSR >= 20 % (threshold T = 0.2).
+
+    Parameters
+    ----------
+    threshold: float = 0.2
+    alpha: float = 0.05      level of the Clopper-Pearson interval (two-sided 1 - alpha).
+    """
+
+    threshold: float = 0.2
+    alpha: float = 0.05
+
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {"smoke": {}, "quick": {}, "paper": {}}
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise UserError(f"verify.threshold must be in (0, 1], got {self.threshold}")
+        if not 0.0 < self.alpha < 1.0:
+            raise UserError(f"verify.alpha must be in (0, 1), got {self.alpha}")
+
+
+# Paper architectures per dataset [P: Experimental Setup]; the synthetic/digits sets are ours.
+DEFAULT_ARCH: Mapping[str, str] = {
+    "fmnist": "naivenet",
+    "digits": "naivenet",
+    "synthetic": "naivenet",
+    "cifar10": "cwnet",
+    "cifar100": "resnet18_cifar",
+    "imagefolder": "resnet50",
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Victim architecture. ``arch=None`` picks the paper's architecture for the dataset
+    (fmnist: naivenet, cifar10: cwnet, cifar100: resnet18_cifar, imagefolder: resnet50)."""
+
+    arch: Optional[str] = None
+
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {"smoke": {}, "quick": {}, "paper": {}}
+
+    def arch_for(self, dataset: str) -> str:
+        return self.arch or DEFAULT_ARCH.get(dataset, "resnet18_cifar")
+
+    def validate(self) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution
+# --------------------------------------------------------------------------------------------
+
+def _coerce(section: str, name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the annotated type ``hint``; ints become floats where asked."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        last_error: Optional[UserError] = None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(section, name, value, arg)
+            except UserError as exc:
+                last_error = exc
+        raise last_error or UserError(f"bad value for {section}.{name}: {value!r}")
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{section}.{name} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{section}.{name} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{section}.{name} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"{section}.{name} must be a string, got {value!r}")
+    if origin in (tuple, Tuple, list, Sequence) or hint in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            inner = args[0] if args else Any
+            return tuple(_coerce(section, name, v, inner) for v in value)
+        raise UserError(f"{section}.{name} must be a list, got {value!r}")
+    return value
+
+
+def resolve(cls: type, profile: str, *layers: Optional[Mapping[str, Any]], section: str = "") -> Any:
+    """Build a frozen config of type ``cls`` for ``profile`` with override ``layers`` on top.
+
+    Unknown keys and badly typed values raise :class:`UserError` listing what is accepted.
+    """
+    if profile not in PROFILE_NAMES:
+        raise UserError(f"unknown profile {profile!r}; available: {', '.join(PROFILE_NAMES)}")
+    section = section or cls.__name__
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values: Dict[str, Any] = {}
+    profiles = getattr(cls, "PROFILES", {}) or {}
+    for layer in (profiles.get(profile, {}),) + tuple(l for l in layers if l):
+        for key, value in layer.items():
+            if key not in names:
+                raise UserError(
+                    f"unknown key {key!r} for {section}; accepted: {', '.join(names)}"
+                )
+            values[key] = _coerce(section, key, value, hints[key])
+    config = cls(**values)
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        validate()
+    return config
+
+
+def config_to_dict(config: Any) -> Dict[str, Any]:
+    """A JSON-able dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=list))
+
+
+def parse_set(items: Sequence[str]) -> Dict[str, Any]:
+    """Parse ``--set section.key=value`` items into a nested dict (values parsed as YAML)."""
+    tree: Dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if not sep or len(parts) < 2 or not all(parts):
+            raise UserError(
+                f"malformed --set {item!r}; expected section.key=value with section in "
+                f"{', '.join(SECTION_NAMES)} (e.g. train.epochs=3, attacks.knockoff.budget=5000)"
+            )
+        if parts[0] not in SECTION_NAMES:
+            raise UserError(f"unknown section {parts[0]!r} in --set {item!r}; accepted: {', '.join(SECTION_NAMES)}")
+        if parts[0] in ("methods", "attacks", "datasets") and len(parts) != 3:
+            raise UserError(f"malformed --set {item!r}; expected {parts[0]}.NAME.key=value")
+        if parts[0] not in ("methods", "attacks", "datasets") and len(parts) != 2:
+            raise UserError(f"malformed --set {item!r}; expected {parts[0]}.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def load_config_file(path: str) -> Dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file with the same sections."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {path!r} does not exist; give a YAML or TOML file")
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(p.read_text())
+        else:
+            data = yaml.safe_load(p.read_text()) or {}
+    except Exception as exc:
+        raise UserError(f"cannot parse config file {path!r}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path!r} must hold a mapping of sections")
+    unknown = set(data) - set(SECTION_NAMES)
+    if unknown:
+        raise UserError(f"unknown section(s) {', '.join(sorted(unknown))} in {path}; accepted: {', '.join(SECTION_NAMES)}")
+    return data
+
+
+def merge_trees(*trees: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Deep-merge nested dicts, later ones winning."""
+    out: Dict[str, Any] = {}
+    for tree in trees:
+        for key, value in (tree or {}).items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+                out[key] = merge_trees(out[key], value)
+            elif isinstance(value, Mapping):
+                out[key] = merge_trees(value)
+            else:
+                out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved shared sections plus the raw per-component overrides of one run."""
+
+    profile: str
+    data: DataConfig
+    train: TrainConfig
+    verify: VerifyConfig
+    model: ModelConfig
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def component(self, kind: str, name: str, cls: type) -> Any:
+        """Resolve the ``Config`` of method/attack ``name`` (kind 'methods' or 'attacks')."""
+        layer = (self.overrides.get(kind) or {}).get(name) or {}
+        return resolve(cls, self.profile, layer, section=f"{kind}.{name}")
+
+    def dataset_options(self, name: str) -> Dict[str, Any]:
+        return dict((self.overrides.get("datasets") or {}).get(name) or {})
+
+
+def build_settings(profile: str, tree: Optional[Mapping[str, Any]] = None) -> Settings:
+    """Resolve the shared sections of ``tree`` (merged config file and ``--set`` items)."""
+    tree = dict(tree or {})
+    for section in ("methods", "attacks", "datasets"):
+        value = tree.get(section)
+        if value is not None and not (
+            isinstance(value, Mapping) and all(isinstance(v, Mapping) for v in value.values())
+        ):
+            raise UserError(f"section {section!r} must map names to mappings of options")
+    return Settings(
+        profile=profile,
+        data=resolve(DataConfig, profile, tree.get("data"), section="data"),
+        train=resolve(TrainConfig, profile, tree.get("train"), section="train"),
+        verify=resolve(VerifyConfig, profile, tree.get("verify"), section="verify"),
+        model=resolve(ModelConfig, profile, tree.get("model"), section="model"),
+        overrides={k: tree.get(k) or {} for k in ("methods", "attacks", "datasets")},
+    )
+
+
+def canonical_json(obj: Any) -> str:
+    """Canonical JSON: sorted keys, no whitespace, floats by repr; stable across runs."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """SHA-256 of the canonical JSON of ``obj``, hex, truncated to ``length``."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]

@@ -1,0 +1,26 @@
+"""Datasets held in memory as tensors, split into owner / attacker / test parts.
+
+See :mod:`wmbench.data.base` for the design. Sources are registered in
+:data:`wmbench.registry.DATASETS` and imported on first use.
+"""
+from wmbench.data.base import (
+    DataBundle,
+    DatasetSource,
+    Split,
+    clear_cache,
+    conform,
+    load_data,
+    resolve_root,
+    split_indices,
+)
+
+__all__ = [
+    "Split",
+    "DataBundle",
+    "DatasetSource",
+    "load_data",
+    "conform",
+    "clear_cache",
+    "resolve_root",
+    "split_indices",
+]

@@ -1,0 +1,511 @@
+"""Expand a method × attack × dataset × seed grid into cells and run them.
+
+A **cell** is one (method, attack[, label mode], dataset, seed, profile) with every setting
+resolved; its id is the hash of its canonical JSON. A finished cell (``RUN/cells/ID.json`` with
+status ok or skipped) is never run again unless ``overwrite``; a killed run therefore resumes
+where it stopped without losing or duplicating work. Models are cached in the artifact store
+(:mod:`wmbench.cache`): the benign model and the watermarked victim are built once per
+(method, dataset, architecture, seed, profile) and reused by every attack cell.
+
+Executors run a list of cells; ``serial`` (in process) and ``ray`` are provided, and the
+executor is an interface (:class:`Executor`) so schedulers can be added.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple
+
+import pandas as pd
+import torch
+
+from wmbench import __version__
+from wmbench.api import AttackContext, Context, KeySet, count_hits, private_copy
+from wmbench.blackbox import Blackbox
+from wmbench.cache import ArtifactStore, atomic_write_text
+from wmbench.config import (
+    PROFILE_NAMES, Settings, TrainConfig, VerifyConfig, build_settings, canonical_json, config_to_dict,
+    load_config_file, merge_trees, parse_set, resolve, stable_hash,
+)
+from wmbench.data import DataBundle, load_data
+from wmbench.errors import UserError
+from wmbench.models import model_from_spec
+from wmbench.registry import ATTACKS, DATASETS, METHODS, MODELS, load_plugin
+from wmbench.results import consolidate, finished, provenance, write_cell
+from wmbench.training import accuracy, predict_logits
+from wmbench.utils import derive_seed, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One fully resolved unit of work (see the module docstring)."""
+
+    method: str
+    attack: str
+    labels: str
+    dataset: str
+    seed: int
+    profile: str
+    arch: str
+    method_config: Mapping[str, Any]
+    attack_config: Mapping[str, Any]
+    dataset_options: Mapping[str, Any]
+    data: Mapping[str, Any]
+    train: Mapping[str, Any]
+    verify: Mapping[str, Any]
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def cell_id(self) -> str:
+        return stable_hash({"cell": self.as_dict(), "wmbench": __version__})
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Cell":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how cells run (not part of a cell's identity)."""
+
+    run_dir: str
+    cache_dir: str
+    data_root: Optional[str] = None
+    download: bool = False
+    device: str = "auto"
+    progress: Optional[bool] = None
+    overwrite: bool = False
+    plugins: Tuple[str, ...] = ()
+    run_name: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    cell: Cell
+    skipped_reason: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------
+
+def _data_identity(settings: Settings) -> Dict[str, Any]:
+    d = config_to_dict(settings.data)
+    d.pop("root")
+    d.pop("download")
+    return d
+
+
+def _bundle(dataset: str, data: Mapping[str, Any], options: Mapping[str, Any], root: Optional[str], download: bool) -> DataBundle:
+    return load_data(dataset, root=root, download=download, options=dict(options), **data)
+
+
+def incompatibility(method_cls: type, attack_cls: type, attack_config: Any, data: DataBundle) -> str:
+    """Why a (method, attack) pair cannot run on ``data``; empty when it can."""
+    if data.num_classes < method_cls.min_classes:
+        return (f"{method_cls.name} needs at least {method_cls.min_classes} classes; "
+                f"{data.name} has {data.num_classes}")
+    needs = attack_cls.needs_for(attack_config)
+    missing = set(needs) - set(method_cls.exposes)
+    if missing:
+        return (f"{attack_cls.name} needs victim access {sorted(needs)}; {method_cls.name}'s victim exposes only "
+                f"{sorted(method_cls.exposes)}")
+    return attack_cls(attack_config).incompatibility(method_cls, data) or ""
+
+
+def plan(settings: Settings, methods: Sequence[str], attacks: Sequence[str], datasets: Sequence[str],
+         seeds: Sequence[int], *, data_root: Optional[str] = None, download: bool = False) -> List[PlannedCell]:
+    """Expand the grid into cells; incompatible cells carry a ``skipped_reason``."""
+    planned: List[PlannedCell] = []
+    data_id = _data_identity(settings)
+    for dataset in datasets:
+        options = settings.dataset_options(dataset)
+        bundle = _bundle(dataset, data_id, options, data_root or settings.data.root, download or settings.data.download)
+        arch = settings.model.arch_for(dataset)
+        MODELS.get(arch)
+        for method in methods:
+            method_cls = METHODS.get(method)
+            method_config = settings.component("methods", method, method_cls.Config)
+            for attack in attacks:
+                attack_cls = ATTACKS.get(attack)
+                attack_config = settings.component("attacks", attack, attack_cls.Config)
+                fixed = ((settings.overrides.get("attacks") or {}).get(attack) or {}).get("labels")
+                variants = [attack_config]
+                if attack_cls.label_modes and fixed is None and hasattr(attack_config, "labels"):
+                    variants = [dataclasses.replace(attack_config, labels=m) for m in attack_cls.label_modes]
+                for variant in variants:
+                    reason = incompatibility(method_cls, attack_cls, variant, bundle)
+                    for seed in seeds:
+                        cell = Cell(
+                            method=method, attack=attack, labels=getattr(variant, "labels", "") or "",
+                            dataset=dataset, seed=int(seed), profile=settings.profile, arch=arch,
+                            method_config=config_to_dict(method_config), attack_config=config_to_dict(variant),
+                            dataset_options=options, data=data_id, train=config_to_dict(settings.train),
+                            verify=config_to_dict(settings.verify),
+                        )
+                        planned.append(PlannedCell(cell, reason))
+    return planned
+
+
+# --------------------------------------------------------------------------------------------
+# Executing one cell
+# --------------------------------------------------------------------------------------------
+
+def _model_tensors(model: torch.nn.Module, prefix: str = "model/") -> Dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in model.state_dict().items()}
+
+
+def _model_from(tensors: Mapping[str, torch.Tensor], spec: Mapping[str, Any], prefix: str = "model/") -> torch.nn.Module:
+    model = model_from_spec(dict(spec))
+    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    model.eval()
+    return model
+
+
+def _keys_from(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> KeySet:
+    return KeySet.from_tensors({k[len("keys/"):]: v for k, v in tensors.items() if k.startswith("keys/")},
+                               meta.get("keys_meta", {}))
+
+
+class _CellLog:
+    """Attach a per-cell log file to the ``wmbench`` logger for the duration of a cell."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> "_CellLog":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(self.path, mode="w")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.logger = logging.getLogger("wmbench")
+        self.old_level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.old_level)
+        self.handler.close()
+
+
+def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, float]], int, str]:
+    device = resolve_device(opts.device)
+    data = _bundle(cell.dataset, cell.data, cell.dataset_options, opts.data_root, opts.download)
+    store = ArtifactStore(opts.cache_dir)
+    train_cfg = resolve(TrainConfig, cell.profile, cell.train, section="train")
+    verify_cfg = resolve(VerifyConfig, cell.profile, cell.verify, section="verify")
+    ctx = Context(data=data, arch=cell.arch, train=train_cfg, verify=verify_cfg, seed=cell.seed, device=device,
+                  store=store, profile=cell.profile, progress=opts.progress)
+    method_cls = METHODS.get(cell.method)
+    method = method_cls(resolve(method_cls.Config, cell.profile, cell.method_config, section=f"methods.{cell.method}"))
+    rebuild = opts.overwrite
+
+    base_spec = {"dataset": cell.dataset, "dataset_options": cell.dataset_options, "data": cell.data,
+                 "arch": cell.arch, "train": cell.train, "seed": cell.seed, "wmbench": __version__}
+
+    def build_benign():
+        seed_everything(ctx.seed_for("benign", "init"))
+        model = ctx.new_model(seed=ctx.seed_for("benign", "init"))
+        ctx.fit(model, (data.owner.x, data.owner.y), seed=ctx.seed_for("benign", "order"), desc="benign")
+        return _model_tensors(model), {"model_spec": model.spec}
+
+    def build_victim():
+        keys = method.keygen(ctx)
+        victim = method.embed(ctx, keys)
+        keys = method.finalize_keys(ctx, victim, keys)
+        tensors = {**_model_tensors(victim), **{"keys/" + k: v for k, v in keys.tensors().items()}}
+        return tensors, {"model_spec": victim.spec, "keys_meta": dict(keys.meta)}
+
+    def get(kind: str, spec: Mapping[str, Any], build: Callable):
+        if rebuild:
+            tensors, meta = build()
+            store.save(kind, spec, tensors, meta)
+            return tensors, meta
+        return store.get_or_build(kind, spec, build)
+
+    tensors, meta = get("benign", base_spec, build_benign)
+    benign = _model_from(tensors, meta["model_spec"])
+    victim_spec = {**base_spec, "method": cell.method, "method_config": cell.method_config}
+    tensors, meta = get("victim", victim_spec, build_victim)
+    victim = _model_from(tensors, meta["model_spec"])
+    keys = _keys_from(tensors, meta)
+
+    verify_kw = dict(num_classes=data.num_classes, verify=verify_cfg, device=device)
+    label_api = lambda model: Blackbox(model, num_classes=data.num_classes, input_shape=ctx.input_shape,
+                                       mode="labels", device=device)
+    benign_hits = count_hits(benign, keys.verify_x, keys.verify_y, device=device)
+    test = data.test
+    metrics: Dict[str, Dict[str, float]] = {}
+    metrics["benign"] = {"acc": accuracy(benign, test.x, test.y, device=device),
+                         **method.verify(label_api(benign), keys, **verify_kw).as_metrics()}
+    metrics["victim"] = {"acc": accuracy(victim, test.x, test.y, device=device),
+                         **method.verify(label_api(victim), keys, benign_hits=benign_hits, **verify_kw).as_metrics()}
+    queries = 0
+    if cell.attack != "none":
+        attack_cls = ATTACKS.get(cell.attack)
+        attack = attack_cls(resolve(attack_cls.Config, cell.profile, cell.attack_config, section=f"attacks.{cell.attack}"))
+        attack_seed = derive_seed(cell.seed, "attack", cell.attack)
+        actx = AttackContext(data=data, arch=cell.arch, train=train_cfg, verify=verify_cfg, seed=attack_seed,
+                             device=device, store=store, profile=cell.profile, progress=opts.progress,
+                             victim_arch=cell.arch, data_root=opts.data_root, download=opts.download)
+        attack_spec = {**victim_spec, "attack": cell.attack, "attack_config": cell.attack_config}
+
+        def build_stolen():
+            needs = attack_cls.needs_for(attack.config)
+            if "weights" in needs:
+                target: Any = private_copy(victim)
+            else:
+                mode = "labels" if set(needs) == {"labels"} else "probs"
+                target = Blackbox(victim, num_classes=data.num_classes, input_shape=ctx.input_shape, mode=mode,
+                                  device=device)
+            started = time.perf_counter()
+            outcome = attack.run(target, actx)
+            extra = {k: float(v) for k, v in outcome.metrics.items()}
+            extra.update(queries=float(outcome.queries), attack_s=time.perf_counter() - started)
+            return _model_tensors(outcome.model), {"model_spec": outcome.model.spec, "attack_metrics": extra}
+
+        tensors, meta = get("stolen", attack_spec, build_stolen)
+        stolen = _model_from(tensors, meta["model_spec"])
+        attack_metrics = meta.get("attack_metrics", {})
+        queries = int(attack_metrics.get("queries", 0))
+        victim_pred = predict_logits(victim, test.x, device=device).argmax(1)
+        stolen_pred = predict_logits(stolen, test.x, device=device).argmax(1)
+        metrics["attack"] = {
+            "acc": (stolen_pred == test.y).float().mean().item(),
+            "fidelity": (stolen_pred == victim_pred).float().mean().item(),
+            **method.verify(label_api(stolen), keys, benign_hits=benign_hits, **verify_kw).as_metrics(),
+            "queries": float(queries),
+            "wall_s": float(attack_metrics.get("attack_s", float("nan"))),
+        }
+    return metrics, queries, str(device)
+
+
+def run_cell(cell_dict: Mapping[str, Any], opts_dict: Mapping[str, Any]) -> Dict[str, Any]:
+    """Run one cell and write its record; returns the record. Never raises for a cell failure:
+    the traceback is recorded with status ``failed`` and the rest of the grid goes on."""
+    cell = Cell.from_dict(cell_dict)
+    opts = RunOptions(**opts_dict)
+    for module in opts.plugins:
+        load_plugin(module)
+    run_dir = Path(opts.run_dir)
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    started = time.perf_counter()
+    record: Dict[str, Any] = {
+        "cell_id": cell.cell_id, "run": opts.run_name, "cell": cell.as_dict(), "started_at": started_at,
+        "method_params_hash": stable_hash(cell.method_config, 12),
+        "attack_params_hash": stable_hash(cell.attack_config, 12),
+    }
+    device = str(resolve_device(opts.device))
+    with _CellLog(run_dir / "logs" / f"{cell.cell_id}.log"):
+        log.info("cell %s: %s × %s[%s] on %s seed %d (%s)", cell.cell_id, cell.method, cell.attack, cell.labels,
+                 cell.dataset, cell.seed, cell.profile)
+        try:
+            metrics, queries, device = _evaluate_cell(cell, opts)
+            record.update(status="ok", metrics=metrics, queries=queries)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # recorded, shown by `wmbench show`, retried on the next run
+            log.exception("cell %s failed", cell.cell_id)
+            record.update(status="failed", metrics={}, error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc())
+    record["wall_s"] = time.perf_counter() - started
+    record["provenance"] = provenance(device)
+    write_cell(run_dir, record)
+    return record
+
+
+def skipped_record(planned: PlannedCell, run_name: str) -> Dict[str, Any]:
+    cell = planned.cell
+    return {
+        "cell_id": cell.cell_id, "run": run_name, "cell": cell.as_dict(), "status": "skipped",
+        "skipped_reason": planned.skipped_reason, "metrics": {}, "provenance": provenance(""),
+        "method_params_hash": stable_hash(cell.method_config, 12), "attack_params_hash": stable_hash(cell.attack_config, 12),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Executors
+# --------------------------------------------------------------------------------------------
+
+class Executor(Protocol):
+    """Runs ``run_cell`` over cells and yields their records as they finish."""
+
+    def map(self, cells: Sequence[Dict[str, Any]], opts: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+        ...
+
+
+class SerialExecutor:
+    """Runs the cells one after another in this process (the debugging executor)."""
+
+    def map(self, cells: Sequence[Dict[str, Any]], opts: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+        for cell in cells:
+            yield run_cell(cell, opts)
+
+
+class RayExecutor:
+    """Runs cells as Ray tasks on a local instance (or ``address``), ``cpus_per_cell`` each.
+
+    The artifact store's file locks keep two tasks from training the same model; torch in
+    each task uses as many threads as the task has CPUs.
+    """
+
+    def __init__(self, address: Optional[str] = None, cpus_per_cell: float = 1.0, num_cpus: Optional[int] = None):
+        self.address = address
+        self.cpus_per_cell = cpus_per_cell
+        self.num_cpus = num_cpus
+
+    def map(self, cells: Sequence[Dict[str, Any]], opts: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+        try:
+            import ray
+        except ImportError:
+            raise UserError("the ray executor needs the optional extra: pip install 'wmbench[ray]'") from None
+        if not ray.is_initialized():
+            kwargs: Dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if self.address:
+                kwargs["address"] = self.address
+            else:
+                kwargs["num_cpus"] = self.num_cpus or len(os.sched_getaffinity(0))
+            ray.init(**kwargs)
+        threads = max(1, int(self.cpus_per_cell))
+
+        def _task(cell: Dict[str, Any], options: Dict[str, Any]) -> Dict[str, Any]:
+            torch.set_num_threads(threads)
+            return run_cell(cell, options)
+
+        remote = ray.remote(num_cpus=self.cpus_per_cell, num_gpus=0)(_task)
+        pending = [remote.remote(cell, opts) for cell in cells]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+
+
+def make_executor(name: str, **kwargs: Any) -> Executor:
+    if name == "serial":
+        return SerialExecutor()
+    if name == "ray":
+        return RayExecutor(**kwargs)
+    raise UserError(f"unknown executor {name!r}; accepted: serial, ray")
+
+
+# --------------------------------------------------------------------------------------------
+# The public entry point
+# --------------------------------------------------------------------------------------------
+
+def _as_list(value: str | Sequence[str]) -> str | List[str]:
+    return value if isinstance(value, str) else list(value)
+
+
+def default_run_dir(datasets: Sequence[str], profile: str, root: str = "results") -> Path:
+    """``results/<datasets>-<profile>``: the same command always lands in the same folder."""
+    name = "-".join(sorted(datasets)) + f"-{profile}"
+    return Path(root) / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def parse_seeds(seeds: str | Sequence[int]) -> List[int]:
+    if isinstance(seeds, str):
+        try:
+            values = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"malformed --seeds {seeds!r}; expected comma-separated integers such as 0,1,2") from None
+    else:
+        values = [int(s) for s in seeds]
+    if not values or any(v < 0 for v in values):
+        raise UserError(f"--seeds needs one or more non-negative integers, got {seeds!r}")
+    return values
+
+
+def run(
+    methods: str | Sequence[str] = "badnets",
+    attacks: str | Sequence[str] = "none",
+    datasets: str | Sequence[str] = "fmnist",
+    *,
+    seeds: str | Sequence[int] = (0,),
+    profile: str = "quick",
+    overrides: Sequence[str] = (),
+    config: Optional[str] = None,
+    data_root: Optional[str] = None,
+    download: bool = False,
+    out: Optional[str | os.PathLike] = None,
+    cache_dir: Optional[str | os.PathLike] = None,
+    executor: str = "serial",
+    ray_address: Optional[str] = None,
+    cpus_per_cell: float = 1.0,
+    overwrite: bool = False,
+    plugins: Sequence[str] = (),
+    device: str = "auto",
+    progress: Optional[bool] = None,
+    on_record: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> pd.DataFrame:
+    """Run a grid and return its long results table (see :mod:`wmbench.results`).
+
+    Everything is validated before anything is written: unknown names, malformed overrides,
+    missing data and grids with no runnable cell raise :class:`UserError`.
+
+    Example::
+
+        import wmbench
+        df = wmbench.run("badnets", "knockoff", "fmnist", profile="quick", seeds=[0])
+    """
+    for module in plugins:
+        load_plugin(module)
+    if profile not in PROFILE_NAMES:
+        raise UserError(f"unknown profile {profile!r}; available: {', '.join(PROFILE_NAMES)}")
+    method_names = METHODS.resolve_list(_as_list(methods))
+    attack_names = ATTACKS.resolve_list(_as_list(attacks))
+    dataset_names = DATASETS.resolve_list(_as_list(datasets))
+    seed_list = parse_seeds(seeds)
+    tree = merge_trees(load_config_file(config) if config else None, parse_set(overrides))
+    settings = build_settings(profile, tree)
+    data_root = data_root or settings.data.root
+    download = download or settings.data.download
+    planned = plan(settings, method_names, attack_names, dataset_names, seed_list, data_root=data_root, download=download)
+    runnable = [p for p in planned if not p.skipped_reason]
+    if not runnable:
+        reasons = sorted({p.skipped_reason for p in planned})
+        raise UserError("no runnable cell: " + "; ".join(reasons))
+    for p in planned:
+        if p.skipped_reason:
+            log.warning("skipping %s × %s on %s: %s", p.cell.method, p.cell.attack, p.cell.dataset, p.skipped_reason)
+
+    run_dir = Path(out) if out else default_run_dir(dataset_names, profile)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    opts = RunOptions(run_dir=str(run_dir), cache_dir=str(Path(cache_dir) if cache_dir else run_dir / "artifacts"),
+                      data_root=data_root, download=download, device=device, progress=progress,
+                      overwrite=overwrite, plugins=tuple(plugins), run_name=run_dir.name)
+    atomic_write_text(run_dir / "run.json", canonical_json({
+        "methods": method_names, "attacks": attack_names, "datasets": dataset_names, "seeds": seed_list,
+        "profile": profile, "overrides": list(overrides), "config": config, "executor": executor,
+        "wmbench_version": __version__}))
+    todo: List[Dict[str, Any]] = []
+    for p in planned:
+        if p.skipped_reason:
+            if overwrite or finished(run_dir, p.cell.cell_id) is None:
+                write_cell(run_dir, skipped_record(p, opts.run_name))
+            continue
+        if not overwrite and finished(run_dir, p.cell.cell_id) is not None:
+            log.info("cell %s already finished; reusing it", p.cell.cell_id)
+            continue
+        todo.append(p.cell.as_dict())
+    seen = set()
+    todo = [c for c in todo if not (Cell.from_dict(c).cell_id in seen or seen.add(Cell.from_dict(c).cell_id))]
+    log.info("%d cells planned, %d to run", len(planned), len(todo))
+    if todo:
+        execu = make_executor(executor, address=ray_address, cpus_per_cell=cpus_per_cell) if executor == "ray" \
+            else make_executor(executor)
+        for record in execu.map(todo, dataclasses.asdict(opts)):
+            if on_record is not None:
+                on_record(record)
+    frame = consolidate(run_dir)
+    ids = {p.cell.cell_id for p in planned}
+    return frame[frame["cell_id"].isin(ids)].reset_index(drop=True)
