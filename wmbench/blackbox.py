@@ -33,7 +33,7 @@ def _parse_mode(mode: str) -> Tuple[str, int]:
     if name not in MODES:
         raise UserError(f"unknown blackbox mode {mode!r}; accepted: probs, log_probs, labels, topk:K, rounded:D")
     if name in ("topk", "rounded"):
-        if not arg.isdigit():
+        if not arg.isdigit() or int(arg) < (1 if name == "topk" else 0):
             raise UserError(f"blackbox mode {mode!r} needs an integer, e.g. {name}:2")
         return name, int(arg)
     return name, 0
@@ -105,7 +105,9 @@ class Blackbox:
         for i in range(0, n, self.batch_size):
             logits = model(x[i : i + self.batch_size].to(self.device)).float()
             outs.append(self._postprocess(logits).cpu())
-        return torch.cat(outs) if outs else torch.empty(0)
+        if not outs:
+            return torch.empty(0, dtype=torch.long) if self._mode == "labels" else torch.empty(0, self.num_classes)
+        return torch.cat(outs)
 
     def _postprocess(self, logits: Tensor) -> Tensor:
         if self._mode == "labels":

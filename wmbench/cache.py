@@ -102,6 +102,8 @@ class ArtifactStore:
             record = json.loads(js.read_text())
         except (OSError, ValueError) as exc:
             raise CorruptArtifact(f"{js}: unreadable metadata ({exc})") from None
+        if not isinstance(record, dict):
+            raise CorruptArtifact(f"{js}: metadata is not a JSON object")
         if not pt.exists():
             raise CorruptArtifact(f"{pt}: missing weights file")
         digest = _sha256(pt)

@@ -84,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _pct(value: Any) -> str:
     try:
-        return f"{100 * float(value):.2f}"
+        number = float(value)
     except (TypeError, ValueError):
         return ""
+    return "" if number != number else f"{100 * number:.2f}"
 
 
 def summary_table(frame) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +201,11 @@ def _coerce(section: str, name: str, value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise UserError(f"{section}.{name} must be a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):
@@ -244,6 +250,22 @@ def config_to_dict(config: Any) -> Dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=list))
 
 
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _parse_value(raw: str) -> Any:
+    """A ``--set`` value as YAML (ints, floats, bools, null, lists), with YAML 1.2 floats:
+    ``1e-3`` is a number, not the string YAML 1.1 makes of it."""
+    if raw.strip() == "":
+        return ""
+    if _SCIENTIFIC.match(raw.strip()):
+        return float(raw)
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_set(items: Sequence[str]) -> Dict[str, Any]:
     """Parse ``--set section.key=value`` items into a nested dict (values parsed as YAML)."""
     tree: Dict[str, Any] = {}
@@ -262,10 +284,7 @@ def parse_set(items: Sequence[str]) -> Dict[str, Any]:
             raise UserError(f"malformed --set {item!r}; expected {parts[0]}.NAME.key=value")
         if parts[0] not in ("methods", "attacks", "datasets") and len(parts) != 2:
             raise UserError(f"malformed --set {item!r}; expected {parts[0]}.key=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() != "" else ""
-        except yaml.YAMLError:
-            value = raw
+        value = _parse_value(raw)
         node = tree
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -348,9 +367,15 @@ def build_settings(profile: str, tree: Optional[Mapping[str, Any]] = None) -> Se
     )
 
 
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=canonical_json)
+    return str(obj)
+
+
 def canonical_json(obj: Any) -> str:
-    """Canonical JSON: sorted keys, no whitespace, floats by repr; stable across runs."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    """Canonical JSON: sorted keys (and sorted sets), no whitespace; stable across processes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

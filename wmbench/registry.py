@@ -50,7 +50,8 @@ class Registry:
 
         def decorator(obj: Any) -> Any:
             key = name or getattr(obj, "name", None) or obj.__name__.lower()
-            if not isinstance(getattr(obj, "name", None), str) or getattr(obj, "name") != key:
+            own = vars(obj).get("name") if hasattr(obj, "__dict__") else getattr(obj, "name", None)
+            if not own or not isinstance(own, str):  # set when missing (not inherited from a parent)
                 try:
                     setattr(obj, "name", key)
                 except (AttributeError, TypeError):

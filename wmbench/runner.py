@@ -425,6 +425,16 @@ def parse_seeds(seeds: str | Sequence[int]) -> List[int]:
     return values
 
 
+def validate_overrides(settings: Settings) -> None:
+    """Every ``methods.NAME``/``attacks.NAME``/``datasets.NAME`` override must name a registered
+    component and resolve, even when that component is not in this grid (typos fail loudly)."""
+    for kind, registry in (("methods", METHODS), ("attacks", ATTACKS)):
+        for name in settings.overrides.get(kind) or {}:
+            settings.component(kind, name, registry.get(name).Config)
+    for name in settings.overrides.get("datasets") or {}:
+        DATASETS.get(name)
+
+
 def run(
     methods: str | Sequence[str] = "badnets",
     attacks: str | Sequence[str] = "none",
@@ -467,6 +477,7 @@ def run(
     seed_list = parse_seeds(seeds)
     tree = merge_trees(load_config_file(config) if config else None, parse_set(overrides))
     settings = build_settings(profile, tree)
+    validate_overrides(settings)
     data_root = data_root or settings.data.root
     download = download or settings.data.download
     planned = plan(settings, method_names, attack_names, dataset_names, seed_list, data_root=data_root, download=download)
