@@ -508,7 +508,7 @@ def test_stable_hash_of_set_is_process_independent():
 def _cell(**changes):
     base = dict(
         method="badnets", attack="knockoff", labels="soft", dataset="synthetic", seed=0, profile="smoke",
-        arch="naivenet", method_config={"poison_rate": 0.1, "color": [1.0]}, attack_config={"budget": 100},
+        arch="naivenet", method_config={"poison_rate": 0.1, "color": [1.0]}, attack_configs=({"budget": 100},),
         dataset_options={"train_size": 300}, data={"split_seed": 1337}, train={"epochs": 2}, verify={"threshold": 0.2},
     )
     base.update(changes)
@@ -538,7 +538,8 @@ def test_cell_id_stable_for_equal_cells():
         {"profile": "quick"},
         {"arch": "tinycnn"},
         {"method_config": {"poison_rate": 0.2, "color": [1.0]}},
-        {"attack_config": {"budget": 101}},
+        {"attack_configs": ({"budget": 101},)},
+        {"sweep": {"attacks.knockoff.budget": 101}},
         {"dataset_options": {"train_size": 301}},
         {"data": {"split_seed": 1}},
         {"train": {"epochs": 3}},
@@ -552,8 +553,8 @@ def test_cell_id_differs_when_a_field_differs(changes):
 def test_cell_id_covers_every_field():
     # guard: if a field is added to Cell, the parametrisation above must be extended
     assert {f.name for f in dataclasses.fields(Cell)} == {
-        "method", "attack", "labels", "dataset", "seed", "profile", "arch", "method_config", "attack_config",
-        "dataset_options", "data", "train", "verify",
+        "method", "attack", "labels", "dataset", "seed", "profile", "arch", "method_config", "attack_configs",
+        "dataset_options", "data", "train", "verify", "sweep",
     }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import copy
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -131,6 +131,10 @@ class AttackOutcome:
     model: nn.Module
     queries: int = 0
     metrics: Dict[str, float] = field(default_factory=dict)
+    #: Intermediate models along the attack's strength axis, ``(step_name, step, model)`` — e.g.
+    #: ``("epoch", 3, model)`` for fine-tuning or ``("rate", 0.5, model)`` for pruning. The runner
+    #: evaluates each (accuracy, fidelity, WSR, verdict) into the cell's ``curve`` rows.
+    snapshots: List[Tuple[str, float, nn.Module]] = field(default_factory=list)
 
 
 class Component(abc.ABC):

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=PROFILE_NAMES, help="budget profile (default: quick)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. train.epochs=3 or attacks.knockoff.budget=5000 (repeatable)")
+    p.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="KEY=V1,V2",
+                   help="run one set of cells per value, e.g. attacks.knockoff.budget=1000,5000 (repeatable: grid)")
     p.add_argument("--config", help="YAML or TOML file with the same sections as --set")
     p.add_argument("--data-root", help="data folder (default: $WMBENCH_DATA, then system paths)")
     p.add_argument("--download", action="store_true", help="allow torchvision downloads (needs network)")
@@ -100,9 +102,9 @@ def summary_table(frame) -> str:
     lines = []
     if not table.empty:
         rows = []
-        for _, r in table.sort_values(["dataset", "method", "attack", "labels", "seed"]).iterrows():
+        for _, r in table.sort_values(["dataset", "method", "attack", "labels", "sweep", "seed"]).iterrows():
             rows.append([
-                r["dataset"], r["method"], r["attack"], r["labels"], r["seed"],
+                r["dataset"], r["method"], r["attack"] + (f" [{r['sweep']}]" if r["sweep"] else ""), r["labels"], r["seed"],
                 _pct(r.get("benign_acc")), _pct(r.get("benign_wsr")), _pct(r.get("victim_acc")), _pct(r.get("victim_wsr")),
                 _pct(r.get("attack_acc")), _pct(r.get("attack_fidelity")), _pct(r.get("attack_wsr")),
                 "" if r.get("attack_queries") != r.get("attack_queries") else int(r.get("attack_queries", 0)),
@@ -128,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     frame = run(
-        args.methods, args.attacks, args.datasets, seeds=args.seeds, profile=args.profile, overrides=args.overrides,
+        args.methods, args.attacks, args.datasets, seeds=args.seeds, profile=args.profile, overrides=args.overrides, sweeps=args.sweeps,
         config=args.config, data_root=args.data_root, download=args.download, out=args.out, cache_dir=args.cache_dir,
         executor=args.executor, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
         overwrite=args.overwrite, plugins=args.plugin, device=args.device,

@@ -165,6 +165,12 @@ def finished(df: Optional[pd.DataFrame]) -> pd.DataFrame:
     out = out.assign(**fills)
     out = out.assign(dataset=out["dataset"].astype(str), method=out["method"].astype(str),
                      stage=out["stage"].astype(str), metric=out["metric"].astype(str))
+    # Per-step curves are drawn as figures, not pooled into the tables; a swept cell is its own
+    # attack variant ("knockoff[attacks.knockoff.budget=1000]").
+    out = out[out["stage"] != "curve"]
+    if "sweep" in out.columns:
+        sweep = out["sweep"].fillna("").astype(str)
+        out = out.assign(attack=out["attack"].where(sweep == "", out["attack"] + "[" + sweep + "]"))
     if "profile" in out.columns and out["profile"].dropna().nunique() > 1:
         log.warning("pooling results from several profiles: %s",
                     ", ".join(sorted(map(str, out["profile"].dropna().unique()))))

@@ -29,10 +29,10 @@ from wmbench.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-KEY_COLUMNS = ["run", "cell_id", "method", "attack", "labels", "dataset", "model", "seed", "profile"]
+SCHEMA_VERSION = 2
+KEY_COLUMNS = ["run", "cell_id", "method", "attack", "labels", "dataset", "model", "seed", "profile", "sweep"]
 COLUMNS = KEY_COLUMNS + [
-    "stage", "metric", "value", "status", "skipped_reason", "method_params_hash", "attack_params_hash",
+    "stage", "step_name", "step", "metric", "value", "status", "skipped_reason", "method_params_hash", "attack_params_hash",
     "wmbench_version", "git_sha", "torch_version", "device", "host", "started_at", "wall_s", "queries",
     "schema_version",
 ]
@@ -122,6 +122,7 @@ def record_rows(record: Mapping[str, Any]) -> List[Dict[str, Any]]:
         "model": cell.get("arch", ""),
         "seed": cell.get("seed", -1),
         "profile": cell.get("profile", ""),
+        "sweep": ",".join(f"{k}={v}" for k, v in sorted((cell.get("sweep") or {}).items())),
         "status": record["status"],
         "skipped_reason": record.get("skipped_reason", ""),
         "method_params_hash": record.get("method_params_hash", ""),
@@ -133,13 +134,19 @@ def record_rows(record: Mapping[str, Any]) -> List[Dict[str, Any]]:
         "schema_version": prov.get("schema_version", SCHEMA_VERSION),
     }
     metrics = record.get("metrics") or {}
+    none = {"step_name": "", "step": float("nan")}
     if not metrics:
-        return [{**base, "stage": "", "metric": "status", "value": float("nan")}]
-    return [
-        {**base, "stage": stage, "metric": metric, "value": float(value)}
+        return [{**base, "stage": "", **none, "metric": "status", "value": float("nan")}]
+    rows = [
+        {**base, "stage": stage, **none, "metric": metric, "value": float(value)}
         for stage, values in metrics.items()
         for metric, value in values.items()
     ]
+    for point in record.get("curve") or []:
+        step = {"step_name": point["step_name"], "step": float(point["step"])}
+        rows += [{**base, "stage": "curve", **step, "metric": k, "value": float(v)}
+                 for k, v in point.items() if k not in ("step_name", "step")]
+    return rows
 
 
 def to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -147,6 +154,7 @@ def to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame["value"] = frame["value"].astype(float)
     frame["seed"] = frame["seed"].astype(int)
+    frame["step"] = frame["step"].astype(float)
     return frame
 
 
@@ -172,7 +180,7 @@ def consolidate(run_dir: Path) -> pd.DataFrame:
 
 def wide(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per cell with ``<stage>_<metric>`` columns (convenience view)."""
-    ok = frame[frame["status"] == "ok"]
+    ok = frame[(frame["status"] == "ok") & (frame["stage"] != "curve")]
     if ok.empty:
         return pd.DataFrame()
     table = ok.pivot_table(index=KEY_COLUMNS, columns=["stage", "metric"], values="value", aggfunc="first")

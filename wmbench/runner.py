@@ -13,6 +13,8 @@ executor is an interface (:class:`Executor`) so schedulers can be added.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import logging
 import os
 import re
@@ -49,18 +51,27 @@ class Cell:
     """One fully resolved unit of work (see the module docstring)."""
 
     method: str
-    attack: str
-    labels: str
+    attack: str  # one attack name, or a chain "a+b" applied in order
+    labels: str  # label access of the chain's stages that have one, joined by "+"
     dataset: str
     seed: int
     profile: str
     arch: str
     method_config: Mapping[str, Any]
-    attack_config: Mapping[str, Any]
+    attack_configs: Tuple[Mapping[str, Any], ...]  # one per chain stage
     dataset_options: Mapping[str, Any]
     data: Mapping[str, Any]
     train: Mapping[str, Any]
     verify: Mapping[str, Any]
+    sweep: Mapping[str, Any] = field(default_factory=dict)  # the swept settings of this cell
+
+    @property
+    def attack_stages(self) -> List[str]:
+        return self.attack.split("+")
+
+    @property
+    def sweep_label(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(self.sweep.items()))
 
     def as_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,7 +82,9 @@ class Cell:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Cell":
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        values = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        values["attack_configs"] = tuple(values["attack_configs"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -123,8 +136,29 @@ def incompatibility(method_cls: type, attack_cls: type, attack_config: Any, data
     return attack_cls(attack_config).incompatibility(method_cls, data) or ""
 
 
+def split_chain(attack: str) -> List[str]:
+    """``"knockoff+ftal"`` -> ``["knockoff", "ftal"]``: the second attack runs on the first's output."""
+    parts = [p.strip() for p in attack.split("+")]
+    if any(not p for p in parts):
+        raise UserError(f"malformed attack chain {attack!r}; expected names joined by '+', e.g. knockoff+ftal")
+    if "none" in parts and len(parts) > 1:
+        raise UserError(f"'none' cannot be part of an attack chain ({attack!r})")
+    return parts
+
+
+def _stage_variants(settings: Settings, name: str) -> List[Any]:
+    """The configs of one chain stage: one per label mode unless the user fixed ``labels``."""
+    attack_cls = ATTACKS.get(name)
+    config = settings.component("attacks", name, attack_cls.Config)
+    fixed = ((settings.overrides.get("attacks") or {}).get(name) or {}).get("labels")
+    if attack_cls.label_modes and fixed is None and hasattr(config, "labels"):
+        return [dataclasses.replace(config, labels=m) for m in attack_cls.label_modes]
+    return [config]
+
+
 def plan(settings: Settings, methods: Sequence[str], attacks: Sequence[str], datasets: Sequence[str],
-         seeds: Sequence[int], *, data_root: Optional[str] = None, download: bool = False) -> List[PlannedCell]:
+         seeds: Sequence[int], *, data_root: Optional[str] = None, download: bool = False,
+         sweep: Optional[Mapping[str, Any]] = None) -> List[PlannedCell]:
     """Expand the grid into cells; incompatible cells carry a ``skipped_reason``."""
     planned: List[PlannedCell] = []
     data_id = _data_identity(settings)
@@ -137,21 +171,20 @@ def plan(settings: Settings, methods: Sequence[str], attacks: Sequence[str], dat
             method_cls = METHODS.get(method)
             method_config = settings.component("methods", method, method_cls.Config)
             for attack in attacks:
-                attack_cls = ATTACKS.get(attack)
-                attack_config = settings.component("attacks", attack, attack_cls.Config)
-                fixed = ((settings.overrides.get("attacks") or {}).get(attack) or {}).get("labels")
-                variants = [attack_config]
-                if attack_cls.label_modes and fixed is None and hasattr(attack_config, "labels"):
-                    variants = [dataclasses.replace(attack_config, labels=m) for m in attack_cls.label_modes]
-                for variant in variants:
-                    reason = incompatibility(method_cls, attack_cls, variant, bundle)
+                stages = split_chain(attack)
+                for variant in itertools.product(*(_stage_variants(settings, n) for n in stages)):
+                    # Only the first stage faces the watermarked victim's API; later stages attack
+                    # a model the adversary already holds.
+                    reason = incompatibility(method_cls, ATTACKS.get(stages[0]), variant[0], bundle)
+                    labels = "+".join(getattr(v, "labels", "") for v in variant if getattr(v, "labels", ""))
                     for seed in seeds:
                         cell = Cell(
-                            method=method, attack=attack, labels=getattr(variant, "labels", "") or "",
+                            method=method, attack=attack, labels=labels,
                             dataset=dataset, seed=int(seed), profile=settings.profile, arch=arch,
-                            method_config=config_to_dict(method_config), attack_config=config_to_dict(variant),
+                            method_config=config_to_dict(method_config),
+                            attack_configs=tuple(config_to_dict(v) for v in variant),
                             dataset_options=options, data=data_id, train=config_to_dict(settings.train),
-                            verify=config_to_dict(settings.verify),
+                            verify=config_to_dict(settings.verify), sweep=dict(sweep or {}),
                         )
                         planned.append(PlannedCell(cell, reason))
     return planned
@@ -199,7 +232,7 @@ class _CellLog:
         self.handler.close()
 
 
-def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, float]], int, str]:
+def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, float]], int, str, List[Dict[str, Any]]]:
     device = resolve_device(opts.device)
     data = _bundle(cell.dataset, cell.data, cell.dataset_options, opts.data_root, opts.download)
     store = ArtifactStore(opts.cache_dir)
@@ -252,43 +285,57 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
     metrics["victim"] = {"acc": accuracy(victim, test.x, test.y, device=device),
                          **method.verify(label_api(victim), keys, benign_hits=benign_hits, **verify_kw).as_metrics()}
     queries = 0
+    curve: List[Dict[str, Any]] = []
     if cell.attack != "none":
-        attack_cls = ATTACKS.get(cell.attack)
-        attack = attack_cls(resolve(attack_cls.Config, cell.profile, cell.attack_config, section=f"attacks.{cell.attack}"))
-        attack_seed = derive_seed(cell.seed, "attack", cell.attack)
-        actx = AttackContext(data=data, arch=cell.arch, train=train_cfg, verify=verify_cfg, seed=attack_seed,
-                             device=device, store=store, profile=cell.profile, progress=opts.progress,
-                             victim_arch=cell.arch, data_root=opts.data_root, download=opts.download)
-        attack_spec = {**victim_spec, "attack": cell.attack, "attack_config": cell.attack_config}
+        def evaluate(model: torch.nn.Module) -> Dict[str, float]:
+            pred = predict_logits(model, test.x, device=device).argmax(1)
+            return {"acc": (pred == test.y).float().mean().item(),
+                    "fidelity": (pred == victim_pred).float().mean().item(),
+                    **method.verify(label_api(model), keys, benign_hits=benign_hits, **verify_kw).as_metrics()}
 
-        def build_stolen():
-            needs = attack_cls.needs_for(attack.config)
-            if "weights" in needs:
-                target: Any = private_copy(victim)
-            else:
-                mode = "labels" if set(needs) == {"labels"} else "probs"
-                target = Blackbox(victim, num_classes=data.num_classes, input_shape=ctx.input_shape, mode=mode,
-                                  device=device)
-            started = time.perf_counter()
-            outcome = attack.run(target, actx)
-            extra = {k: float(v) for k, v in outcome.metrics.items()}
-            extra.update(queries=float(outcome.queries), attack_s=time.perf_counter() - started)
-            return _model_tensors(outcome.model), {"model_spec": outcome.model.spec, "attack_metrics": extra}
-
-        tensors, meta = get("stolen", attack_spec, build_stolen)
-        stolen = _model_from(tensors, meta["model_spec"])
-        attack_metrics = meta.get("attack_metrics", {})
-        queries = int(attack_metrics.get("queries", 0))
         victim_pred = predict_logits(victim, test.x, device=device).argmax(1)
-        stolen_pred = predict_logits(stolen, test.x, device=device).argmax(1)
-        metrics["attack"] = {
-            "acc": (stolen_pred == test.y).float().mean().item(),
-            "fidelity": (stolen_pred == victim_pred).float().mean().item(),
-            **method.verify(label_api(stolen), keys, benign_hits=benign_hits, **verify_kw).as_metrics(),
-            "queries": float(queries),
-            "wall_s": float(attack_metrics.get("attack_s", float("nan"))),
-        }
-    return metrics, queries, str(device)
+        spec: Dict[str, Any] = dict(victim_spec)
+        current = victim
+        stages = cell.attack_stages
+        for index, (name, config_dict) in enumerate(zip(stages, cell.attack_configs)):
+            attack_cls = ATTACKS.get(name)
+            attack = attack_cls(resolve(attack_cls.Config, cell.profile, config_dict, section=f"attacks.{name}"))
+            actx = AttackContext(data=data, arch=cell.arch, train=train_cfg, verify=verify_cfg,
+                                 seed=derive_seed(cell.seed, "attack", index, name), device=device, store=store,
+                                 profile=cell.profile, progress=opts.progress, victim_arch=cell.arch,
+                                 data_root=opts.data_root, download=opts.download)
+            spec = {**spec, f"attack{index}": name, f"attack{index}_config": config_dict}
+            last = index == len(stages) - 1
+
+            def build_stolen(attack=attack, attack_cls=attack_cls, actx=actx, target_model=current, last=last):
+                needs = attack_cls.needs_for(attack.config)
+                if "weights" in needs:
+                    target: Any = private_copy(target_model)
+                else:
+                    mode = "labels" if set(needs) == {"labels"} else "probs"
+                    target = Blackbox(target_model, num_classes=data.num_classes, input_shape=ctx.input_shape,
+                                      mode=mode, device=device)
+                started = time.perf_counter()
+                outcome = attack.run(target, actx)
+                extra = {k: float(v) for k, v in outcome.metrics.items()}
+                extra.update(queries=float(outcome.queries), attack_s=time.perf_counter() - started)
+                points = [{"step_name": step_name, "step": float(step), **evaluate(model)}
+                          for step_name, step, model in outcome.snapshots] if last else []
+                return _model_tensors(outcome.model), {"model_spec": outcome.model.spec, "attack_metrics": extra,
+                                                       "curve": points}
+
+            tensors, meta = get("stolen", spec, build_stolen)
+            current = _model_from(tensors, meta["model_spec"])
+            attack_metrics = meta.get("attack_metrics", {})
+            stage_queries = int(attack_metrics.get("queries", 0))
+            queries += stage_queries
+            stage_metrics = {**evaluate(current), "queries": float(stage_queries),
+                             "wall_s": float(attack_metrics.get("attack_s", float("nan")))}
+            metrics["attack" if last else f"stage{index + 1}"] = stage_metrics
+            if last:
+                curve = list(meta.get("curve", []))
+    return metrics, queries, str(device), curve
+
 
 
 def run_cell(cell_dict: Mapping[str, Any], opts_dict: Mapping[str, Any]) -> Dict[str, Any]:
@@ -304,15 +351,15 @@ def run_cell(cell_dict: Mapping[str, Any], opts_dict: Mapping[str, Any]) -> Dict
     record: Dict[str, Any] = {
         "cell_id": cell.cell_id, "run": opts.run_name, "cell": cell.as_dict(), "started_at": started_at,
         "method_params_hash": stable_hash(cell.method_config, 12),
-        "attack_params_hash": stable_hash(cell.attack_config, 12),
+        "attack_params_hash": stable_hash(cell.attack_configs, 12),
     }
     device = str(resolve_device(opts.device))
     with _CellLog(run_dir / "logs" / f"{cell.cell_id}.log"):
-        log.info("cell %s: %s × %s[%s] on %s seed %d (%s)", cell.cell_id, cell.method, cell.attack, cell.labels,
-                 cell.dataset, cell.seed, cell.profile)
+        log.info("cell %s: %s × %s[%s] on %s seed %d (%s) %s", cell.cell_id, cell.method, cell.attack, cell.labels,
+                 cell.dataset, cell.seed, cell.profile, cell.sweep_label)
         try:
-            metrics, queries, device = _evaluate_cell(cell, opts)
-            record.update(status="ok", metrics=metrics, queries=queries)
+            metrics, queries, device, curve = _evaluate_cell(cell, opts)
+            record.update(status="ok", metrics=metrics, queries=queries, curve=curve)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # recorded, shown by `wmbench show`, retried on the next run
@@ -330,7 +377,7 @@ def skipped_record(planned: PlannedCell, run_name: str) -> Dict[str, Any]:
     return {
         "cell_id": cell.cell_id, "run": run_name, "cell": cell.as_dict(), "status": "skipped",
         "skipped_reason": planned.skipped_reason, "metrics": {}, "provenance": provenance(""),
-        "method_params_hash": stable_hash(cell.method_config, 12), "attack_params_hash": stable_hash(cell.attack_config, 12),
+        "method_params_hash": stable_hash(cell.method_config, 12), "attack_params_hash": stable_hash(cell.attack_configs, 12),
     }
 
 
@@ -425,6 +472,41 @@ def parse_seeds(seeds: str | Sequence[int]) -> List[int]:
     return values
 
 
+def _yaml(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def expand_sweeps(sweeps: Sequence[str]) -> List[Dict[str, Any]]:
+    """``["attacks.knockoff.budget=1000,5000", "train.epochs=[2,4]"]`` -> the grid of combinations,
+    each a flat ``{key: value}``; ``[{}]`` when there is no sweep. Each combination becomes its own
+    cells (resumable and schedulable like any other)."""
+    axes: List[Tuple[str, List[Any]]] = []
+    for item in sweeps:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise UserError(f"malformed --sweep {item!r}; expected section.key=v1,v2,... (e.g. attacks.knockoff.budget=1000,5000)")
+        parsed = parse_set([f"{key}={raw}"])
+        node: Any = parsed
+        for part in key.split("."):
+            node = node[part]
+        values = list(node) if isinstance(node, list) else [parse_set([f"{key}={v}"]) for v in raw.split(",")]
+        if not isinstance(node, list):
+            flat = []
+            for tree in values:
+                leaf: Any = tree
+                for part in key.split("."):
+                    leaf = leaf[part]
+                flat.append(leaf)
+            values = flat
+        if not values:
+            raise UserError(f"--sweep {item!r} has no values")
+        axes.append((key, values))
+    combos: List[Dict[str, Any]] = [{}]
+    for key, values in axes:
+        combos = [{**c, key: v} for c in combos for v in values]
+    return combos
+
+
 def validate_overrides(settings: Settings) -> None:
     """Every ``methods.NAME``/``attacks.NAME``/``datasets.NAME`` override must name a registered
     component and resolve, even when that component is not in this grid (typos fail loudly)."""
@@ -443,6 +525,7 @@ def run(
     seeds: str | Sequence[int] = (0,),
     profile: str = "quick",
     overrides: Sequence[str] = (),
+    sweeps: Sequence[str] = (),
     config: Optional[str] = None,
     data_root: Optional[str] = None,
     download: bool = False,
@@ -472,7 +555,14 @@ def run(
     if profile not in PROFILE_NAMES:
         raise UserError(f"unknown profile {profile!r}; available: {', '.join(PROFILE_NAMES)}")
     method_names = METHODS.resolve_list(_as_list(methods))
-    attack_names = ATTACKS.resolve_list(_as_list(attacks))
+    attack_names = _as_list(attacks)
+    attack_names = attack_names.split(",") if isinstance(attack_names, str) else attack_names
+    attack_names = [a.strip() for a in attack_names if a.strip()]
+    if attack_names == ["all"]:
+        attack_names = ATTACKS.resolve_list("all")
+    for chain in attack_names:
+        for part in split_chain(chain):
+            ATTACKS.get(part)
     dataset_names = DATASETS.resolve_list(_as_list(datasets))
     seed_list = parse_seeds(seeds)
     tree = merge_trees(load_config_file(config) if config else None, parse_set(overrides))
@@ -480,7 +570,11 @@ def run(
     validate_overrides(settings)
     data_root = data_root or settings.data.root
     download = download or settings.data.download
-    planned = plan(settings, method_names, attack_names, dataset_names, seed_list, data_root=data_root, download=download)
+    planned: List[PlannedCell] = []
+    for combo in expand_sweeps(sweeps):
+        combo_settings = build_settings(profile, merge_trees(tree, parse_set([f"{k}={_yaml(v)}" for k, v in combo.items()])))
+        planned += plan(combo_settings, method_names, attack_names, dataset_names, seed_list, data_root=data_root,
+                        download=download, sweep=combo)
     runnable = [p for p in planned if not p.skipped_reason]
     if not runnable:
         reasons = sorted({p.skipped_reason for p in planned})
@@ -496,7 +590,7 @@ def run(
                       overwrite=overwrite, plugins=tuple(plugins), run_name=run_dir.name)
     atomic_write_text(run_dir / "run.json", canonical_json({
         "methods": method_names, "attacks": attack_names, "datasets": dataset_names, "seeds": seed_list,
-        "profile": profile, "overrides": list(overrides), "config": config, "executor": executor,
+        "profile": profile, "overrides": list(overrides), "sweeps": list(sweeps), "config": config, "executor": executor,
         "wmbench_version": __version__}))
     todo: List[Dict[str, Any]] = []
     for p in planned:
