@@ -116,8 +116,12 @@ class Context:
 
 @dataclass
 class AttackContext(Context):
-    """A :class:`Context` for attacks. ``victim_arch`` is known only to attacks that
-    assume architecture knowledge; stealing attacks default to it for the stolen model."""
+    """A :class:`Context` for attacks.
+
+    ``data`` is the attacker's view: its ``owner`` and ``test`` splits are empty, so an attack
+    can use only ``data.attacker`` (plus public datasets it loads itself, e.g. a cross-dataset
+    query set through ``data_root``). ``victim_arch`` is known only to attacks that assume
+    architecture knowledge; stealing attacks default to it for the stolen model."""
 
     victim_arch: str = ""
     data_root: Optional[str] = None
@@ -213,6 +217,10 @@ class Attack(Component):
 
     needs: ClassVar[FrozenSet[str]] = frozenset({"probs"})
     label_modes: ClassVar[Tuple[str, ...]] = ()
+    #: Whether the suspect model is cached in the artifact store. Attacks whose suspect is not a
+    #: plain :class:`~wmbench.models.Classifier` (input preprocessing, query-detection wrappers)
+    #: set this to False and are recomputed with their cell.
+    cacheable: ClassVar[bool] = True
 
     @classmethod
     def needs_for(cls, config: Any) -> FrozenSet[str]:

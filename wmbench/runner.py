@@ -35,7 +35,7 @@ from wmbench.config import (
     PROFILE_NAMES, Settings, TrainConfig, VerifyConfig, build_settings, canonical_json, config_to_dict,
     load_config_file, merge_trees, parse_set, resolve, stable_hash,
 )
-from wmbench.data import DataBundle, load_data
+from wmbench.data import DataBundle, Split, load_data
 from wmbench.errors import UserError
 from wmbench.models import model_from_spec
 from wmbench.registry import ATTACKS, DATASETS, METHODS, MODELS, load_plugin
@@ -294,20 +294,23 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
                     **method.verify(label_api(model), keys, benign_hits=benign_hits, **verify_kw).as_metrics()}
 
         victim_pred = predict_logits(victim, test.x, device=device).argmax(1)
+        empty = Split(data.test.x[:0], data.test.y[:0])
+        attacker_view = dataclasses.replace(data, owner=empty, test=empty)
         spec: Dict[str, Any] = dict(victim_spec)
         current = victim
         stages = cell.attack_stages
         for index, (name, config_dict) in enumerate(zip(stages, cell.attack_configs)):
             attack_cls = ATTACKS.get(name)
             attack = attack_cls(resolve(attack_cls.Config, cell.profile, config_dict, section=f"attacks.{name}"))
-            actx = AttackContext(data=data, arch=cell.arch, train=train_cfg, verify=verify_cfg,
+            actx = AttackContext(data=attacker_view, arch=cell.arch, train=train_cfg, verify=verify_cfg,
                                  seed=derive_seed(cell.seed, "attack", index, name), device=device, store=store,
                                  profile=cell.profile, progress=opts.progress, victim_arch=cell.arch,
                                  data_root=opts.data_root, download=opts.download)
             spec = {**spec, f"attack{index}": name, f"attack{index}_config": config_dict}
             last = index == len(stages) - 1
 
-            def build_stolen(attack=attack, attack_cls=attack_cls, actx=actx, target_model=current, last=last):
+            def build_stolen(attack=attack, attack_cls=attack_cls, actx=actx, target_model=current, last=last,
+                             raw=False):
                 needs = attack_cls.needs_for(attack.config)
                 if "weights" in needs:
                     target: Any = private_copy(target_model)
@@ -321,11 +324,16 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
                 extra.update(queries=float(outcome.queries), attack_s=time.perf_counter() - started)
                 points = [{"step_name": step_name, "step": float(step), **evaluate(model)}
                           for step_name, step, model in outcome.snapshots] if last else []
-                return _model_tensors(outcome.model), {"model_spec": outcome.model.spec, "attack_metrics": extra,
-                                                       "curve": points}
+                meta = {"attack_metrics": extra, "curve": points}
+                if raw:
+                    return outcome.model, meta
+                return _model_tensors(outcome.model), {"model_spec": outcome.model.spec, **meta}
 
-            tensors, meta = get("stolen", spec, build_stolen)
-            current = _model_from(tensors, meta["model_spec"])
+            if attack_cls.cacheable:
+                tensors, meta = get("stolen", spec, build_stolen)
+                current = _model_from(tensors, meta["model_spec"])
+            else:
+                current, meta = build_stolen(raw=True)
             attack_metrics = meta.get("attack_metrics", {})
             stage_queries = int(attack_metrics.get("queries", 0))
             queries += stage_queries

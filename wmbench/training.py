@@ -78,6 +78,7 @@ def fit(
     progress: Optional[bool] = None,
     params: Optional[Iterable[Tensor]] = None,
     on_epoch_end: Optional[Callable[[int, nn.Module], Optional[Dict[str, float]]]] = None,
+    on_step_end: Optional[Callable[[int, nn.Module], None]] = None,
 ) -> List[Dict[str, float]]:
     """Train ``model`` in place and return per-epoch metrics.
 
@@ -90,6 +91,8 @@ def fit(
     seed: seeds the shuffling generator (model init is the caller's business).
     params: parameters to optimise (default: all of ``model``'s).
     on_epoch_end: called with ``(epoch, model)``; may return extra metrics for the history.
+    on_step_end: called with ``(global_step, model)`` after every optimizer step (e.g. weight
+        masking in Function-coupled watermarks).
 
     Raises :class:`TrainingDiverged` when the loss is NaN or infinite.
     """
@@ -107,6 +110,7 @@ def fit(
 
         bar = tqdm(total=cfg.epochs, desc=desc, leave=False, file=sys.stderr)
     non_blocking = device.type == "cuda"
+    global_step = 0
     try:
         for epoch in range(cfg.epochs):
             model.train()
@@ -122,6 +126,9 @@ def fit(
                 optimizer.step()
                 total += loss.detach()
                 steps += 1
+                global_step += 1
+                if on_step_end is not None:
+                    on_step_end(global_step, model)
             if scheduler is not None:
                 scheduler.step()
             mean_loss = (total / max(steps, 1)).item()
