@@ -18,7 +18,7 @@ from wmbench.errors import UserError
 from wmbench.methods.badnets import BadNetsConfig
 from wmbench.runner import Cell
 
-ALL_SECTIONS = ("data", "train", "verify", "model", "methods", "attacks", "datasets")
+ALL_SECTIONS = ("data", "train", "verify", "keys", "model", "methods", "attacks", "datasets")
 
 
 def _assert_names_sections(message: str) -> None:
@@ -253,7 +253,7 @@ def test_resolve_list_becomes_tuple_for_tuple_field():
     [
         (TrainConfig, {"epochs": 0}, "train.epochs"),
         (TrainConfig, {"batch_size": 0}, "train.batch_size"),
-        (TrainConfig, {"optimizer": "rmsprop"}, "train.optimizer"),
+        (TrainConfig, {"optimizer": "lbfgs"}, "train.optimizer"),
         (TrainConfig, {"lr": 0}, "train.lr"),
         (DataConfig, {"attacker_fraction": 1.0}, "data.attacker_fraction"),
         (DataConfig, {"test_size": 0}, "data.test_size"),
@@ -540,6 +540,7 @@ def test_cell_id_stable_for_equal_cells():
         {"method_config": {"poison_rate": 0.2, "color": [1.0]}},
         {"attack_configs": ({"budget": 101},)},
         {"sweep": {"attacks.knockoff.budget": 101}},
+        {"keys": {"filter": "two_stage"}},
         {"dataset_options": {"train_size": 301}},
         {"data": {"split_seed": 1}},
         {"train": {"epochs": 3}},
@@ -554,7 +555,7 @@ def test_cell_id_covers_every_field():
     # guard: if a field is added to Cell, the parametrisation above must be extended
     assert {f.name for f in dataclasses.fields(Cell)} == {
         "method", "attack", "labels", "dataset", "seed", "profile", "arch", "method_config", "attack_configs",
-        "dataset_options", "data", "train", "verify", "sweep",
+        "dataset_options", "data", "train", "verify", "keys", "sweep",
     }
 
 

@@ -228,7 +228,7 @@ def test_make_optimizer_kinds():
 
 def _bad_optimizer_cfg():
     cfg = TrainConfig()
-    object.__setattr__(cfg, "optimizer", "rmsprop")
+    object.__setattr__(cfg, "optimizer", "lbfgs")
     return cfg
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import copy
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +74,23 @@ class Context:
     store: ArtifactStore
     profile: str
     progress: Optional[bool] = None
+    #: Returns the cell's benign model (same architecture, trained without a watermark, cached);
+    #: set by the runner. Methods that select sources/targets with a benign model use it.
+    benign_provider: Optional[Callable[[], nn.Module]] = None
+
+    def benign_model(self) -> nn.Module:
+        if self.benign_provider is None:
+            raise RuntimeError("this context has no benign model provider")
+        return self.benign_provider()
+
+    @torch.no_grad()
+    def features(self, model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+        """Penultimate features (``model.features``) of ``x``, batched, on CPU."""
+        model.eval()
+        model.to(self.device)
+        outs = [model.features(x[i : i + batch_size].to(self.device)).float().cpu()
+                for i in range(0, x.shape[0], batch_size)]
+        return torch.cat(outs) if outs else torch.empty(0)
 
     @property
     def input_shape(self) -> Tuple[int, int, int]:
@@ -126,6 +143,11 @@ class AttackContext(Context):
     victim_arch: str = ""
     data_root: Optional[str] = None
     download: bool = False
+    #: What an *adaptive* adversary knows about the watermark: ``{"method": name,
+    #: "method_config": {...}, "keys_meta": {...}}``. Filled only for attacks whose class sets
+    #: ``knows_watermark = True`` (e.g. adaptive attacks that know DeepTracer's source classes);
+    #: empty for every other attack.
+    watermark: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,6 +184,9 @@ class WatermarkMethod(Component):
     exposes: ClassVar[FrozenSet[str]] = frozenset({"probs", "labels", "weights"})
     #: Fewest classes the construction needs (e.g. sources + a distinct target).
     min_classes: ClassVar[int] = 2
+    #: Key-set post-processing used when the run does not set ``keys.filter``
+    #: ("none" or "two_stage", see :mod:`wmbench.methods.keyfilter`).
+    default_key_filter: ClassVar[str] = "none"
 
     @abc.abstractmethod
     def keygen(self, ctx: Context) -> KeySet:
@@ -221,6 +246,9 @@ class Attack(Component):
     #: plain :class:`~wmbench.models.Classifier` (input preprocessing, query-detection wrappers)
     #: set this to False and are recomputed with their cell.
     cacheable: ClassVar[bool] = True
+    #: Adaptive attacks that assume knowledge of the watermark set this; the runner then fills
+    #: :attr:`AttackContext.watermark`.
+    knows_watermark: ClassVar[bool] = False
 
     @classmethod
     def needs_for(cls, config: Any) -> FrozenSet[str]:

@@ -12,6 +12,7 @@ Sections of the config file / ``--set`` keys:
 - ``data.*``      :class:`DataConfig` (splits, subset sizes, data root)
 - ``train.*``     :class:`TrainConfig` (benign and victim training schedule)
 - ``verify.*``    :class:`VerifyConfig`
+- ``keys.*``      :class:`KeyFilterConfig` (key filtering, e.g. ``keys.filter=two_stage``)
 - ``model.*``     :class:`ModelConfig`
 - ``methods.NAME.*``, ``attacks.NAME.*``  the component's own ``Config``
 - ``datasets.NAME.*``  options passed to a dataset source (e.g. ``datasets.synthetic.num_classes=4``)
@@ -32,7 +33,9 @@ import yaml
 from wmbench.errors import UserError
 
 PROFILE_NAMES: Tuple[str, ...] = ("smoke", "quick", "paper")
-SECTION_NAMES: Tuple[str, ...] = ("data", "train", "verify", "model", "methods", "attacks", "datasets")
+SECTION_NAMES: Tuple[str, ...] = ("data", "train", "verify", "keys", "model", "methods", "attacks", "datasets")
+#: Optimisers accepted by ``train.optimizer`` and the attacks' ``optimizer`` (see ``make_optimizer``).
+OPTIMIZERS: Tuple[str, ...] = ("adam", "sgd", "adagrad", "adamax", "rmsprop")
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class TrainConfig:
     ----------
     epochs: int = 100            epochs per training phase.
     batch_size: int = 128
-    optimizer: str = "adam"      "adam" or "sgd".
+    optimizer: str = "adam"      "adam", "sgd", "adagrad", "adamax" or "rmsprop".
     lr: float = 1e-3
     momentum: float = 0.9        SGD only.
     weight_decay: float = 0.0
@@ -76,8 +79,8 @@ class TrainConfig:
             raise UserError(f"train.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise UserError(f"train.batch_size must be >= 1, got {self.batch_size}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise UserError(f"train.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.lr}")
 
@@ -139,6 +142,55 @@ class VerifyConfig:
             raise UserError(f"verify.threshold must be in (0, 1], got {self.threshold}")
         if not 0.0 < self.alpha < 1.0:
             raise UserError(f"verify.alpha must be in (0, 1), got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class KeyFilterConfig:
+    """Key-set post-processing, for any method (:mod:`wmbench.methods.keyfilter`).
+
+    DeepTracer's two-stage filter (Eqs. 7–8): keep candidate keys that the victim and a surrogate
+    stolen model label as the watermark label and the benign model does not, then the ``top_m``
+    most confident under the surrogate. The surrogate is the owner's own simulation of stealing
+    (soft-label Knockoff on the victim) and is independent of every evaluated attack: its own
+    seed, its own architecture and its own query data (never the attacker's split).
+
+    Parameters
+    ----------
+    filter: str | None = None       "none", "two_stage", or None = the method's default
+                                    (two_stage for DeepTracer, none for the others).
+    top_m: int = 2000               M, the size of the final key set.
+    surrogate_arch: str = "alexnet_cifar"   paper: AlexNet (ResNet18 on ImageNet).
+    surrogate_query_set: str | None = None  None = the owner's training images; else a dataset
+                                    name (paper: TinyImageNet; offline: e.g. digits).
+    surrogate_budget: int | None = None     queries; None = the whole query set once.
+    surrogate_epochs: int | None = None     None = ``train.epochs``.
+    surrogate_lr: float = 1e-3      Adam, constant.
+    surrogate_batch_size: int = 128
+    min_keys: int = 0               when fewer than this many candidates pass stage 1, fall back to
+                                    Eq. 7 without the surrogate criterion (victim hits, benign
+                                    misses), still ranked by surrogate confidence; recorded as
+                                    ``keys_fallback = 1`` [wmbench option; 0 = the paper's rule].
+    """
+
+    filter: Optional[str] = None
+    top_m: int = 2000
+    surrogate_arch: str = "alexnet_cifar"
+    surrogate_query_set: Optional[str] = None
+    surrogate_budget: Optional[int] = None
+    surrogate_epochs: Optional[int] = None
+    surrogate_lr: float = 1e-3
+    surrogate_batch_size: int = 128
+    min_keys: int = 0
+
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {"smoke": {"top_m": 300}, "quick": {}, "paper": {}}
+
+    def validate(self) -> None:
+        if self.filter not in (None, "none", "two_stage"):
+            raise UserError(f"keys.filter must be none or two_stage, got {self.filter!r}")
+        if self.top_m < 1:
+            raise UserError(f"keys.top_m must be >= 1, got {self.top_m}")
+        if self.surrogate_epochs is not None and self.surrogate_epochs < 1:
+            raise UserError(f"keys.surrogate_epochs must be >= 1, got {self.surrogate_epochs}")
 
 
 # Paper architectures per dataset [P: Experimental Setup]; the synthetic/digits sets are ours.
@@ -337,6 +389,7 @@ class Settings:
     train: TrainConfig
     verify: VerifyConfig
     model: ModelConfig
+    keys: KeyFilterConfig = field(default_factory=KeyFilterConfig)
     overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def component(self, kind: str, name: str, cls: type) -> Any:
@@ -363,6 +416,7 @@ def build_settings(profile: str, tree: Optional[Mapping[str, Any]] = None) -> Se
         train=resolve(TrainConfig, profile, tree.get("train"), section="train"),
         verify=resolve(VerifyConfig, profile, tree.get("verify"), section="verify"),
         model=resolve(ModelConfig, profile, tree.get("model"), section="model"),
+        keys=resolve(KeyFilterConfig, profile, tree.get("keys"), section="keys"),
         overrides={k: tree.get(k) or {} for k in ("methods", "attacks", "datasets")},
     )
 

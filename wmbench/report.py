@@ -37,7 +37,8 @@ Each table has the key columns ``dataset, model, method`` (one row per dataset a
 seeds contributing to the row). :func:`compare_paper` inserts ``paper_<col>`` and
 ``diff_<col>`` right after ``<col>_std``.
 
-Figures are produced elsewhere (a later issue); :func:`write_report` only writes tables.
+Figures are drawn by :mod:`wmbench.figures`; :func:`write_report` calls it (one PNG and PDF per
+attack-strength sweep in ``OUT/figures/``) after writing the tables.
 """
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ __all__ = [
     "to_html",
     "render",
     "write_report",
+    "curve_table",
 ]
 
 #: Message rendered instead of tables when no cell finished.
@@ -165,16 +167,106 @@ def finished(df: Optional[pd.DataFrame]) -> pd.DataFrame:
     out = out.assign(**fills)
     out = out.assign(dataset=out["dataset"].astype(str), method=out["method"].astype(str),
                      stage=out["stage"].astype(str), metric=out["metric"].astype(str))
-    # Per-step curves are drawn as figures, not pooled into the tables; a swept cell is its own
-    # attack variant ("knockoff[attacks.knockoff.budget=1000]").
+    # Per-step curves are drawn as figures, not pooled into the tables. A swept cell is its own
+    # variant: swept attack settings label the attack ("knockoff[budget=1000]"), every other swept
+    # setting (method, train, keys, ...) labels the method, since it changes the victim.
     out = out[out["stage"] != "curve"]
     if "sweep" in out.columns:
-        sweep = out["sweep"].fillna("").astype(str)
-        out = out.assign(attack=out["attack"].where(sweep == "", out["attack"] + "[" + sweep + "]"))
+        labels = out["sweep"].fillna("").astype(str).map(_split_sweep)
+        attack_label = labels.map(lambda pair: pair[1])
+        method_label = labels.map(lambda pair: pair[0])
+        out = out.assign(
+            attack=out["attack"].where(attack_label == "", out["attack"] + "[" + attack_label + "]"),
+            method=out["method"].where(method_label == "", out["method"] + "[" + method_label + "]"),
+        )
     if "profile" in out.columns and out["profile"].dropna().nunique() > 1:
         log.warning("pooling results from several profiles: %s",
                     ", ".join(sorted(map(str, out["profile"].dropna().unique()))))
     return out.reset_index(drop=True)
+
+
+def _split_sweep(sweep: str) -> Tuple[str, str]:
+    """``"attacks.knockoff.budget=1000,methods.deeptracer.margin=5"`` -> (method label, attack label)
+    with the section prefixes dropped: ``("margin=5", "budget=1000")``."""
+    method_parts, attack_parts = [], []
+    for item in filter(None, sweep.split(",")):
+        key, _, value = item.partition("=")
+        parts = key.split(".")
+        short = f"{parts[-1]}={value}" if parts[0] in ("methods", "attacks", "datasets") else f"{key}={value}"
+        (attack_parts if parts[0] == "attacks" else method_parts).append(short)
+    return ",".join(method_parts), ",".join(attack_parts)
+
+
+#: Metrics shown by :func:`curve_table`, in order (those present).
+CURVE_METRICS: Tuple[str, ...] = ("acc", "fidelity", "wsr", "key_flag_rate")
+
+
+def curve_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Attack-strength sweeps (the runner's ``curve`` rows), in percent.
+
+    One row per (dataset, model, method, attack, labels, step_name, step) — e.g. pruning rates,
+    quantization bits, fine-tuning epochs — with ``<metric>_mean``/``_std`` for the metrics of
+    :data:`CURVE_METRICS` present, then ``n_seeds``. Swept cells are labelled as in the other
+    tables. Empty when the frame has no curve rows. The same sweeps are drawn by
+    :func:`wmbench.figures.write_figures`.
+    """
+    from wmbench.figures import curve_frame
+
+    curves = curve_frame(df)
+    curves = curves[curves["metric"].isin(CURVE_METRICS)]
+    if curves.empty:
+        return pd.DataFrame()
+    keys = ["dataset", "model", "method", "attack", "labels", "step_name", "step"]
+    per_seed = curves.groupby([*keys, "seed", "metric"], sort=False)["value"].mean().reset_index()
+    stats = per_seed.groupby([*keys, "metric"], sort=False)["value"].agg(["mean", "std"]).unstack("metric")
+    out = pd.DataFrame(index=stats.index)
+    for metric in CURVE_METRICS:
+        if ("mean", metric) in stats.columns:
+            out[f"{metric}_mean"] = stats[("mean", metric)]
+            out[f"{metric}_std"] = stats[("std", metric)]
+    out["n_seeds"] = per_seed.groupby(keys)["seed"].nunique().reindex(out.index).astype(int)
+    out = out.reset_index()
+    from wmbench.figures import REVERSED_STEPS  # weakest setting first (e.g. 16 bits before 1)
+
+    strength = out["step"].where(~out["step_name"].isin(REVERSED_STEPS), -out["step"])
+    out = out.assign(_d=_rank(out["dataset"], DATASET_ORDER), _m=_rank(out["method"], METHOD_ORDER), _s=strength)
+    out = out.sort_values(["_d", "dataset", "model", "attack", "labels", "_m", "method", "step_name", "_s"],
+                          kind="stable")
+    return out.drop(columns=["_d", "_m", "_s"]).reset_index(drop=True)
+
+
+def fpr_table(df: pd.DataFrame) -> pd.DataFrame:
+    """False positives (DeepTracer Table 17): WSR of independently trained clean models (the
+    ``independent`` null attack) on each method's key set, and the share flagged as stolen."""
+    rows = finished(df)
+    rows = rows[rows["attack"].str.startswith("independent") & (rows["stage"] == "attack")]
+    if rows.empty:
+        return pd.DataFrame()
+    wide = rows.pivot_table(index=["dataset", "model", "method", "attack", "seed"], columns="metric",
+                            values="value", aggfunc="mean").reset_index()
+    grouped = wide.groupby(["dataset", "model", "method", "attack"], sort=True)
+    out = grouped.agg(wsr_mean=("wsr", "mean"), wsr_max=("wsr", "max"), fpr=("detected", "mean"),
+                      n_models=("wsr", "size")).reset_index()
+    for col in ("wsr_mean", "wsr_max", "fpr"):
+        out[col] = 100 * out[col]
+    return out.rename(columns={"attack": "null model"})
+
+
+def filter_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The key filter's effect (DeepTracer Figure 6): WSR on filtered keys beside WSR on the
+    unfiltered candidates, for the benign, victim and attacked models (mean over seeds, %)."""
+    rows = finished(df)
+    rows = rows[rows["metric"].isin(["wsr", "wsr_unfiltered"])]
+    if rows.empty or not (rows["metric"] == "wsr_unfiltered").any():
+        return pd.DataFrame()
+    rows = rows[rows["cell_id"].isin(rows.loc[rows["metric"] == "wsr_unfiltered", "cell_id"])]
+    rows = rows.assign(model_kind=rows["stage"].where(rows["stage"] != "attack", rows["attack"] + "/" + rows["labels"]))
+    table = rows.pivot_table(index=["dataset", "method", "model_kind"], columns="metric", values="value",
+                             aggfunc="mean").reset_index()
+    table = table.rename(columns={"model_kind": "model", "wsr": "wsr_filtered"})
+    for col in ("wsr_filtered", "wsr_unfiltered"):
+        table[col] = 100 * table[col]
+    return table
 
 
 def _scale(values: pd.Series, metrics: pd.Series) -> pd.Series:
@@ -655,6 +747,18 @@ def _sections(df: pd.DataFrame, compare: Optional[str] = None) -> List[_Section]
         wsr = pivot(rows, metric="wsr", stage="attack")
         sections.append(_Section("wsr_pivot", "WSR after attack, method x attack/labels (%)", wsr,
                                  {b: "max" for b in _value_columns(wsr)}))
+    effect = filter_table(df)
+    if not effect.empty:
+        sections.append(_Section("filter", "Key filtering: WSR on filtered keys vs unfiltered candidates (%)",
+                                 effect, {}))
+    curves = curve_table(df)
+    if not curves.empty:
+        sections.append(_Section("curves", "Curves: accuracy, fidelity and WSR along each attack's strength sweep (%)",
+                                 curves, {b: None for b in _value_columns(curves)}))
+    fpr = fpr_table(df)
+    if not fpr.empty:
+        sections.append(_Section("fpr", "False positives: independent clean models on the key set (%)", fpr,
+                                 {"fpr": "min", "wsr_mean": "min", "wsr_max": "min"}))
     return sections
 
 
@@ -721,7 +825,9 @@ def write_report(
 
     ``md`` -> ``report.md``; ``latex`` -> ``report.tex`` (standalone document); ``csv`` ->
     ``table1.csv`` and ``table2.csv`` (percent, full precision; header only when empty);
-    ``html`` -> ``report.html``. Each file is written atomically.
+    ``html`` -> ``report.html``. Each file is written atomically. With curve rows (attack-strength
+    sweeps), ``csv`` also writes ``curves.csv`` and every call writes the figures of
+    :func:`wmbench.figures.write_figures` (``figures/curve_*.png`` and ``.pdf``).
     """
     kinds = []
     for fmt in formats:
@@ -743,8 +849,14 @@ def write_report(
                 written.append(_atomic_write(out / f"{key}.csv", to_csv(table)))
         else:
             written.append(_atomic_write(out / names[kind], _render_sections(sections, kind, standalone=True)))
-    # Figures are a separate writer (later issue); write_report will call it here and extend
-    # ``written`` with its paths.
+    # Figures (wmbench.figures): one PNG and one PDF per attack-strength sweep, in OUT/figures/;
+    # the curves table also goes to curves.csv.
+    tables = {s.key: s.table for s in sections}
+    if "csv" in kinds and "curves" in tables:
+        written.append(_atomic_write(out / "curves.csv", to_csv(tables["curves"])))
+    from wmbench.figures import write_figures
+
+    written += write_figures(df, out)
     for path in written:
         log.info("wrote %s", path)
     return written

@@ -32,7 +32,7 @@ from wmbench.api import AttackContext, Context, KeySet, count_hits, private_copy
 from wmbench.blackbox import Blackbox
 from wmbench.cache import ArtifactStore, atomic_write_text
 from wmbench.config import (
-    PROFILE_NAMES, Settings, TrainConfig, VerifyConfig, build_settings, canonical_json, config_to_dict,
+    PROFILE_NAMES, KeyFilterConfig, Settings, TrainConfig, VerifyConfig, build_settings, canonical_json, config_to_dict,
     load_config_file, merge_trees, parse_set, resolve, stable_hash,
 )
 from wmbench.data import DataBundle, Split, load_data
@@ -63,6 +63,7 @@ class Cell:
     data: Mapping[str, Any]
     train: Mapping[str, Any]
     verify: Mapping[str, Any]
+    keys: Mapping[str, Any] = field(default_factory=dict)  # key filtering (KeyFilterConfig)
     sweep: Mapping[str, Any] = field(default_factory=dict)  # the swept settings of this cell
 
     @property
@@ -184,7 +185,8 @@ def plan(settings: Settings, methods: Sequence[str], attacks: Sequence[str], dat
                             method_config=config_to_dict(method_config),
                             attack_configs=tuple(config_to_dict(v) for v in variant),
                             dataset_options=options, data=data_id, train=config_to_dict(settings.train),
-                            verify=config_to_dict(settings.verify), sweep=dict(sweep or {}),
+                            verify=config_to_dict(settings.verify), keys=config_to_dict(settings.keys),
+                            sweep=dict(sweep or {}),
                         )
                         planned.append(PlannedCell(cell, reason))
     return planned
@@ -269,29 +271,74 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
 
     tensors, meta = get("benign", base_spec, build_benign)
     benign = _model_from(tensors, meta["model_spec"])
+    ctx.benign_provider = lambda: benign
     victim_spec = {**base_spec, "method": cell.method, "method_config": cell.method_config}
     tensors, meta = get("victim", victim_spec, build_victim)
     victim = _model_from(tensors, meta["model_spec"])
     keys = _keys_from(tensors, meta)
+
+    key_cfg = resolve(KeyFilterConfig, cell.profile, cell.keys, section="keys")
+    candidates: Optional[KeySet] = None
+    filter_metrics: Dict[str, float] = {}
+    if (key_cfg.filter or method_cls.default_key_filter) == "two_stage":
+        from wmbench.methods.keyfilter import filter_keys, train_surrogate
+
+        def build_surrogate():
+            model = train_surrogate(ctx, victim, key_cfg)
+            return _model_tensors(model), {"model_spec": model.spec}
+
+        def build_filtered():
+            surrogate_settings = {k: v for k, v in cell.keys.items() if k.startswith("surrogate_")}
+            tensors, meta = get("surrogate", {**victim_spec, "surrogate": surrogate_settings}, build_surrogate)
+            surrogate = _model_from(tensors, meta["model_spec"])
+            filtered, stats = filter_keys(ctx, keys, victim, surrogate, benign, key_cfg.top_m, key_cfg.min_keys)
+            verify_only = {k: v for k, v in filtered.tensors().items() if k.startswith("verify")}
+            stats = {**stats, "surrogate_acc": accuracy(surrogate, data.test.x, data.test.y, device=device)}
+            return ({**_model_tensors(surrogate), **{"keys/" + k: v for k, v in verify_only.items()}},
+                    {"model_spec": surrogate.spec, "keys_meta": dict(filtered.meta), "stats": stats})
+
+        tensors, meta = get("filtered_keys", {**victim_spec, "keys": cell.keys}, build_filtered)
+        candidates = keys
+        empty_embed = {"embed_x": keys.embed_x[:0], "embed_y": keys.embed_y[:0]}
+        keys = KeySet.from_tensors({**empty_embed, **{k[5:]: v for k, v in tensors.items() if k.startswith("keys/")}},
+                                   meta.get("keys_meta", {}))
+        filter_metrics = {k: float(v) for k, v in meta.get("stats", {}).items()}
+        if not keys.verify_y.numel():  # recorded (keys_final = 0, WSR NaN, not detected), not hidden
+            log.warning("key filtering left no key (%s): the watermark did not transfer to the surrogate",
+                        filter_metrics)
 
     verify_kw = dict(num_classes=data.num_classes, verify=verify_cfg, device=device)
     label_api = lambda model: Blackbox(model, num_classes=data.num_classes, input_shape=ctx.input_shape,
                                        mode="labels", device=device)
     benign_hits = count_hits(benign, keys.verify_x, keys.verify_y, device=device)
     test = data.test
+
+    def unfiltered(model: torch.nn.Module) -> Dict[str, float]:
+        """WSR on the unfiltered candidate keys, when a filter is on (the filter's effect)."""
+        if candidates is None:
+            return {}
+        hits = count_hits(label_api(model), candidates.verify_x, candidates.verify_y, device=device)
+        return {"wsr_unfiltered": hits / max(1, candidates.verify_y.numel())}
+
     metrics: Dict[str, Dict[str, float]] = {}
     metrics["benign"] = {"acc": accuracy(benign, test.x, test.y, device=device),
-                         **method.verify(label_api(benign), keys, **verify_kw).as_metrics()}
+                         **method.verify(label_api(benign), keys, **verify_kw).as_metrics(), **unfiltered(benign)}
     metrics["victim"] = {"acc": accuracy(victim, test.x, test.y, device=device),
-                         **method.verify(label_api(victim), keys, benign_hits=benign_hits, **verify_kw).as_metrics()}
+                         **method.verify(label_api(victim), keys, benign_hits=benign_hits, **verify_kw).as_metrics(),
+                         **unfiltered(victim), **filter_metrics}
     queries = 0
     curve: List[Dict[str, Any]] = []
     if cell.attack != "none":
         def evaluate(model: torch.nn.Module) -> Dict[str, float]:
             pred = predict_logits(model, test.x, device=device).argmax(1)
-            return {"acc": (pred == test.y).float().mean().item(),
-                    "fidelity": (pred == victim_pred).float().mean().item(),
-                    **method.verify(label_api(model), keys, benign_hits=benign_hits, **verify_kw).as_metrics()}
+            out = {"acc": (pred == test.y).float().mean().item(),
+                   "fidelity": (pred == victim_pred).float().mean().item(),
+                   **method.verify(label_api(model), keys, benign_hits=benign_hits, **verify_kw).as_metrics(),
+                   **unfiltered(model)}
+            flag_rate = getattr(model, "flag_rate", None)
+            if callable(flag_rate):  # query-detection suspects: share of the key queries flagged
+                out["key_flag_rate"] = float(flag_rate(keys.verify_x))
+            return out
 
         victim_pred = predict_logits(victim, test.x, device=device).argmax(1)
         empty = Split(data.test.x[:0], data.test.y[:0])
@@ -305,7 +352,9 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
             actx = AttackContext(data=attacker_view, arch=cell.arch, train=train_cfg, verify=verify_cfg,
                                  seed=derive_seed(cell.seed, "attack", index, name), device=device, store=store,
                                  profile=cell.profile, progress=opts.progress, victim_arch=cell.arch,
-                                 data_root=opts.data_root, download=opts.download)
+                                 data_root=opts.data_root, download=opts.download,
+                                 watermark={"method": cell.method, "method_config": dict(cell.method_config),
+                                            "keys_meta": dict(keys.meta)} if attack_cls.knows_watermark else {})
             spec = {**spec, f"attack{index}": name, f"attack{index}_config": config_dict}
             last = index == len(stages) - 1
 
@@ -338,7 +387,8 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
             stage_queries = int(attack_metrics.get("queries", 0))
             queries += stage_queries
             stage_metrics = {**evaluate(current), "queries": float(stage_queries),
-                             "wall_s": float(attack_metrics.get("attack_s", float("nan")))}
+                             "wall_s": float(attack_metrics.get("attack_s", float("nan"))),
+                             **{k: v for k, v in attack_metrics.items() if k not in ("queries", "attack_s")}}
             metrics["attack" if last else f"stage{index + 1}"] = stage_metrics
             if last:
                 curve = list(meta.get("curve", []))

@@ -57,7 +57,14 @@ def make_optimizer(params: Iterable[Tensor], cfg: TrainConfig) -> torch.optim.Op
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; accepted: adam, sgd")
+    # Unusual optimisers of the paper's stealing scenarios (torch defaults besides lr and weight decay).
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamax":
+        return torch.optim.Adamax(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; accepted: adam, sgd, adagrad, adamax, rmsprop")
 
 
 def _show_progress(progress: Optional[bool]) -> bool:
