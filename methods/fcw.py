@@ -31,7 +31,10 @@ Choices where the sources are silent or that wmbench changes [wmbench, each a Co
   ``prune.global_unstructured(..., RandomUnstructured, amount=mask_ratio)`` + ``prune.remove``,
   but reproducible (:func:`mask_conv_weights`);
 - verification: ``n_keys`` = 2,000 fusions of held-out **test** images (no top-confidence
-  re-ranking).
+  re-ranking). Because the keys are *unseen* fusions, the watermark must generalise: at the
+  ``quick`` profile 100 invisible training fusions give 86.3 % victim WSR on Fashion-MNIST, so
+  ``quick`` uses ``n_triggers`` = 500 (97.4 %, accuracy −0.8 points); the ``paper`` profile keeps
+  100 (untested at that scale).
 """
 from __future__ import annotations
 
@@ -63,7 +66,8 @@ class FCWConfig:
     fusion: str = "invisible"    "invisible" (alpha·A + (1 − alpha)·B) or "direct" (2×2 canvas).
     alpha: float = 0.5           weight of A in invisible fusion.
     fill: float = 1.0            value of the empty quadrants in direct fusion (white).
-    n_triggers: int = 100        fused training images used for embedding.
+    n_triggers: int = 100        fused training images used for embedding (quick profile: 500,
+                                 see PROFILES).
     wm_per_batch: int = 10       triggers appended to every clean batch.
     mask_ratio: float = 0.002    share of conv weights zeroed at each masking step (0 disables).
     mask_interval: int = 10      optimiser steps between masking steps.
@@ -83,7 +87,10 @@ class FCWConfig:
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {"n_keys": 300},
-        "quick": {},
+        # Fashion-MNIST, 5 epochs, invisible fusion: 100 training fusions reach only 86.3 % victim
+        # WSR on held-out test fusions (they are memorised but generalise poorly); 500 reach
+        # 97.4 % (1,000: 93.5 %; direct fusion with 100: 100 %).
+        "quick": {"n_triggers": 500},
         "paper": {},
     }
 

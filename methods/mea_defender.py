@@ -41,8 +41,14 @@ Choices [wmbench, each a Config parameter where it matters]:
   values estimate the same pairwise KL expectation at a fraction of the cost;
 - ``weighting="mgda"`` computes the two task gradients with ``autograd.grad`` and assembles the
   final gradient from them (3 backward passes — CE, contrastive, KL — instead of the code's 4,
-  one of which it never uses); ``weighting="fixed"`` uses ``fixed_scale`` instead of MGDA's s
-  and needs a single backward pass;
+  one of which it never uses); ``weighting="fixed"`` (one backward pass) uses ``fixed_scale``
+  (0.1) instead of MGDA's s and scales the extra KL weights by ``fixed_kl_factor`` (2 → 0.1,
+  12 → 0.6). Why: the combination loss is mode-seeking — it pulls a composite's distribution
+  towards ``∝ √(P_A·P_B)``, i.e. towards A or B — and at the official weights (s + 2 per pool
+  image against CE on ~1 % composites per batch) it wins: on Fashion-MNIST (6,000 images, 5 + 5
+  epochs) the MGDA variant reached 0.3 % victim WSR, composites labelled B, and 79–82 % accuracy;
+  the fixed variant reached 81 % WSR at 84 % accuracy with composites' mean output (A 0.22,
+  B 0.30, C 0.46) still close to the sources — the paper's intent. Both are reported;
 - ``contrastive_reduction="code"`` keeps the code's double averaging (mean over pairs, divided
   again by the pair count); ``"mean"`` is the plain mean.
 """
@@ -87,7 +93,9 @@ class MEADefenderConfig:
     kl_batch: int | None = None          pool images per step (None = the whole pools).
     weighting: str = "mgda"              "mgda" or "fixed".
     mgda_normalization: str = "loss+"    gradient normaliser of MGDA: loss+, loss, l2, none.
-    fixed_scale: float = 1.0             s in ``weighting="fixed"``.
+    fixed_scale: float = 0.1             s in ``weighting="fixed"`` ...
+    fixed_kl_factor: float = 0.05        ... where the extra KL weights are also multiplied by this
+                                         (2 → 0.1, 12 → 0.6) [wmbench, see the module docstring].
     kl_weight: float = 2.0               extra KL weight w ...
     kl_weight_boost: float = 12.0        ... and its value every ``boost_every``-th epoch.
     boost_every: int = 10
@@ -114,7 +122,8 @@ class MEADefenderConfig:
     kl_batch: Optional[int] = None
     weighting: str = "mgda"
     mgda_normalization: str = "loss+"
-    fixed_scale: float = 1.0
+    fixed_scale: float = 0.1
+    fixed_kl_factor: float = 0.05
     kl_weight: float = 2.0
     kl_weight_boost: float = 12.0
     boost_every: int = 10
@@ -126,9 +135,14 @@ class MEADefenderConfig:
     n_keys: int = 1000
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "smoke": {"kl_batch": 64, "n_keys": 300, "phase2_lr": 1e-3},
-        # CPU: a pool batch per step instead of 3 × 600-1000 pool images (same expectation).
-        "quick": {"kl_batch": 128},
+        # Tiny, highly separable data: the MGDA variant does not embed there (see the docstring),
+        # and at the fixed weights (0.1, 0.05) the mode-seeking KL still wins within 6 + 6 epochs
+        # (victim WSR 0.25 on the contract's synthetic set; 0.98 at 0.02 / 0.01; 0.99 without KL).
+        "smoke": {"weighting": "fixed", "fixed_scale": 0.02, "fixed_kl_factor": 0.01, "kl_batch": 64,
+                  "n_keys": 300, "phase2_lr": 1e-3},
+        # CPU: a pool batch per step instead of 3 × 600-1000 pool images (same expectation), and
+        # phase 2 compressed from 100 epochs at 1e-4 to train.epochs (5) at 1e-3.
+        "quick": {"kl_batch": 128, "phase2_lr": 1e-3},
         "paper": {},
     }
 
@@ -318,11 +332,11 @@ class MEAObjective:
         weight = w.reshape(-1)[0]
         if cfg.weighting == "fixed":
             self.last_scale = cfg.fixed_scale
-            return loss_ce + cfg.fixed_scale * (loss_con + kl) + weight * kl
+            return loss_ce + cfg.fixed_scale * (loss_con + kl) + cfg.fixed_kl_factor * weight * kl
         params = [p for p in model.parameters() if p.requires_grad]
         g_ce, g_con, g_kl = _grads(loss_ce, params), _grads(loss_con, params), _grads(kl, params)
         g_aux = [a + b for a, b in zip(g_con, g_kl)]
-        _, scale = mgda_scales(g_ce, g_aux, float(loss_ce), float(loss_con + kl), cfg.mgda_normalization)
+        _, scale = mgda_scales(g_ce, g_aux, loss_ce.item(), (loss_con + kl).item(), cfg.mgda_normalization)
         self.last_scale = scale
         total = loss_ce + scale * (loss_con + kl) + weight * kl
         grads = [a + scale * b + weight * c for a, b, c in zip(g_ce, g_aux, g_kl)]

@@ -6,6 +6,10 @@ import pytest
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 PLUGIN_DIR = Path(__file__).parent / "plugins"
 
+# The suite runs grids in process (monkeypatches must reach the cells); Ray is tested explicitly
+# by tests/test_grid.py. `wmbench run` itself defaults to the ray executor.
+os.environ.setdefault("WMBENCH_EXECUTOR", "serial")
+
 
 def fmnist_available() -> bool:
     return FMNIST_DIR.is_dir() or bool(os.environ.get("WMBENCH_DATA"))

@@ -221,7 +221,7 @@ def ctx(tmp_path_factory):
     data = load_data("synthetic", owner_size=800, attacker_size=200, test_size=300,
                      options={"train_size": 1200, "test_size": 300})
     train = resolve(TrainConfig, "smoke", {"epochs": 4})
-    return Context(data=data, arch="tinycnn", train=train, verify=VerifyConfig(), seed=0,
+    return Context(data=data, arch="naivenet", train=train, verify=VerifyConfig(), seed=0,
                    device=torch.device("cpu"), store=ArtifactStore(str(tmp_path_factory.mktemp("store"))),
                    profile="smoke", progress=False)
 
@@ -233,10 +233,11 @@ def clean_model(ctx):
     return model
 
 
+# Smoke profiles, shrunk further where a method needs fewer samples to be learnt in 4 epochs.
 SMOKE = {
-    "ewe": {},
-    "margin": {},
-    "mea_defender": {},
+    "ewe": {"maxiter": 2},
+    "margin": {"n_queries": 15},
+    "mea_defender": {"phase2_epochs": 2},
     "t2s": {"trigger_method": "badnets", "epochs": 1},
 }
 

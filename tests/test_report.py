@@ -248,8 +248,12 @@ def test_markdown_html_csv(results):
 def test_write_report(results, tmp_path):
     out = tmp_path / "report"
     paths = report.write_report(results, out, compare="paper")
-    assert sorted(p.name for p in paths) == sorted(
-        ["report.md", "report.tex", "table1.csv", "table2.csv", "report.html"])
+    tables = sorted(p.name for p in paths if p.parent == out)
+    assert tables == sorted(["report.md", "report.tex", "table1.csv", "table2.csv", "report.html"])
+    figures = [p for p in paths if p.parent != out]
+    assert figures and all(p.parent == out / "figures" and p.suffix in (".png", ".pdf") for p in figures)
+    assert any(p.name.startswith("heatmap_wsr_") for p in figures)
+    assert "figures/heatmap_wsr_" in (out / "report.md").read_text()
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     t1 = pd.read_csv(out / "table1.csv")
@@ -257,7 +261,7 @@ def test_write_report(results, tmp_path):
     t2 = pd.read_csv(out / "table2.csv")
     assert t2.loc[t2["method"] == "badnets", "knockoff_soft_wsr_mean"].item() == pytest.approx(35.0)
     only_md = report.write_report(results, tmp_path / "md", formats=("md",))
-    assert [p.name for p in only_md] == ["report.md"]
+    assert [p.name for p in only_md if p.parent == tmp_path / "md"] == ["report.md"]
     with pytest.raises(ValueError):
         report.write_report(results, tmp_path / "bad", formats=("pdf",))
     with pytest.raises(ValueError):

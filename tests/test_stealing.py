@@ -360,8 +360,8 @@ def test_double_stage_chain_and_budget_sweep(tmp_path):
     cache = tmp_path / "cache"
     frame = run("badnets", "knockoff+knockoff", "synthetic", profile="smoke", out=tmp_path / "chain",
                 cache_dir=cache, progress=False,
-                overrides=RUN_SETS + ["attacks.knockoff.labels=soft", "attacks.knockoff.budget=250",
-                                      "attacks.knockoff.arch=tinycnn"])
+                overrides=RUN_SETS + ["attacks.knockoff.labels=soft", "attacks.knockoff.budget=250", "attacks.knockoff.batch_size=32",
+                                      "attacks.knockoff.epochs=6", "attacks.knockoff.arch=tinycnn", "train.epochs=8"])
     rows = _attack_rows(frame)
     assert set(rows["labels"]) == {"soft+soft"} and rows["cell_id"].nunique() == 1
     value = lambda stage, metric: float(rows[(rows["stage"] == stage) & (rows["metric"] == metric)]["value"].iloc[0])

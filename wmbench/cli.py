@@ -1,4 +1,4 @@
-"""The ``wmbench`` command line: ``run``, ``report``, ``show``, ``list``.
+"""The ``wmbench`` command line: ``run``, ``tune``, ``report``, ``show``, ``list``.
 
 Bad input (unknown names, malformed ``--set``, missing data, no runnable cell, corrupt result
 files) prints one line ``wmbench: error: ...`` saying what was wrong and what is accepted, and
@@ -29,6 +29,34 @@ def _add_plugin(parser: argparse.ArgumentParser) -> None:
                         help="import MODULE first so its methods/attacks register (repeatable)")
 
 
+def _add_grid_args(p: argparse.ArgumentParser) -> None:
+    """The grid and scheduling options shared by ``run`` and ``tune``."""
+    p.add_argument("--methods", default="badnets", help="comma-separated method names, or 'all' (default: badnets)")
+    p.add_argument("--attacks", default="none", help="comma-separated attack names, or 'all' (default: none)")
+    p.add_argument("--datasets", default="fmnist", help="comma-separated dataset names (default: fmnist)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--profile", default="quick", choices=PROFILE_NAMES, help="budget profile (default: quick)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. train.epochs=3 or attacks.knockoff.budget=5000 (repeatable)")
+    p.add_argument("--config", help="YAML or TOML file with the same sections as --set")
+    p.add_argument("--data-root", help="data folder (default: $WMBENCH_DATA, then system paths)")
+    p.add_argument("--download", action="store_true", help="allow torchvision downloads (needs network)")
+    p.add_argument("--out", help="run folder (default: results/<datasets>-<profile>); on a cluster, a folder every "
+                                 "node can reach")
+    p.add_argument("--cache-dir", help="artifact cache (default: <out>/artifacts)")
+    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
+                   help="join an existing Ray cluster (default: $RAY_ADDRESS; none: an embedded local instance)")
+    p.add_argument("--cpus-per-cell", type=float, default=1.0,
+                   help="CPUs per task under Ray; torch uses as many threads (default: 1)")
+    p.add_argument("--gpus-per-cell", type=float, default=None,
+                   help="GPUs per task under Ray, fractions allowed (default: 1 where the cluster has GPUs, else 0)")
+    p.add_argument("--retries", type=int, default=1, help="retries of a failed cell before it is recorded failed "
+                                                           "(default: 1)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_plugin(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wmbench",
@@ -39,27 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train, attack and verify a method × attack × dataset × seed grid")
-    p.add_argument("--methods", default="badnets", help="comma-separated method names, or 'all' (default: badnets)")
-    p.add_argument("--attacks", default="none", help="comma-separated attack names, or 'all' (default: none)")
-    p.add_argument("--datasets", default="fmnist", help="comma-separated dataset names (default: fmnist)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
-    p.add_argument("--profile", default="quick", choices=PROFILE_NAMES, help="budget profile (default: quick)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. train.epochs=3 or attacks.knockoff.budget=5000 (repeatable)")
+    _add_grid_args(p)
     p.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="KEY=V1,V2",
                    help="run one set of cells per value, e.g. attacks.knockoff.budget=1000,5000 (repeatable: grid)")
-    p.add_argument("--config", help="YAML or TOML file with the same sections as --set")
-    p.add_argument("--data-root", help="data folder (default: $WMBENCH_DATA, then system paths)")
-    p.add_argument("--download", action="store_true", help="allow torchvision downloads (needs network)")
-    p.add_argument("--out", help="run folder (default: results/<datasets>-<profile>)")
-    p.add_argument("--cache-dir", help="artifact cache (default: <out>/artifacts)")
-    p.add_argument("--executor", default="serial", choices=("serial", "ray"), help="cell scheduler (default: serial)")
-    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"), help="join an existing Ray cluster")
-    p.add_argument("--cpus-per-cell", type=float, default=1.0, help="CPUs per cell under Ray (default: 1)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default: auto)")
+    p.add_argument("--executor", default=None, choices=("ray", "serial", "auto"),
+                   help="cell scheduler: ray, serial (in this process, for debugging) or auto (ray when installed; "
+                        "the default, or $WMBENCH_EXECUTOR)")
     p.add_argument("--overwrite", action="store_true", help="rerun finished cells and rebuild their models")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    _add_plugin(p)
+
+    p = sub.add_parser("tune", help="Ray Tune grid search over method/attack settings (same cells, same results store)")
+    _add_grid_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", required=True,
+                   help="one Tune grid_search axis, e.g. methods.deeptracer.lambda3=0.001,0.01,0.1 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="rerun finished cells and rebuild their models")
 
     p = sub.add_parser("report", help="print and write paper-style tables for a run folder")
     p.add_argument("run_dir", metavar="DIR", help="a run folder written by `wmbench run`")
@@ -121,20 +141,15 @@ def summary_table(frame) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from wmbench.runner import run
-
-    def announce(record: Dict[str, Any]) -> None:
-        cell = record["cell"]
-        print(f"[{record['status']}] {cell['method']} × {cell['attack']}{'[' + cell['labels'] + ']' if cell['labels'] else ''}"
-              f" on {cell['dataset']} seed {cell['seed']} ({record['cell_id']}, {record.get('wall_s', 0):.0f}s)",
-              file=sys.stderr, flush=True)
+    from wmbench.runner import default_executor, run
 
     frame = run(
         args.methods, args.attacks, args.datasets, seeds=args.seeds, profile=args.profile, overrides=args.overrides, sweeps=args.sweeps,
         config=args.config, data_root=args.data_root, download=args.download, out=args.out, cache_dir=args.cache_dir,
-        executor=args.executor, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
+        executor=args.executor or default_executor(cli=True), ray_address=args.ray_address,
+        cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell, retries=args.retries,
         overwrite=args.overwrite, plugins=args.plugin, device=args.device,
-        progress=False if args.no_progress else None, on_record=announce,
+        progress=False if args.no_progress else None, on_record=_announce,
     )
     print(summary_table(frame))
     from wmbench.runner import default_run_dir
@@ -143,6 +158,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or default_run_dir(DATASETS.resolve_list(args.datasets), args.profile)
     print(f"\nresults: {out}/results.parquet (and .csv); tables: wmbench report {out}")
     return 1 if (frame["status"] == "failed").any() else 0
+
+
+def _announce(record: Dict[str, Any]) -> None:
+    """One line per finished cell on stderr (above the live progress bar, if any)."""
+    from tqdm.auto import tqdm
+
+    cell = record["cell"]
+    reused = ", reused" if record.get("reused") else ""
+    error = f": {record.get('error')}" if record.get("status") == "failed" else ""
+    tqdm.write(f"[{record['status']}] {cell['method']} × {cell['attack']}{'[' + cell['labels'] + ']' if cell['labels'] else ''}"
+               f" on {cell['dataset']} seed {cell['seed']} ({record['cell_id']}, {record.get('wall_s', 0):.0f}s{reused}){error}",
+               file=sys.stderr)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from wmbench.scheduler import tune
+
+    trials, frame = tune(
+        args.methods, args.attacks, args.datasets, grid=args.grid, seeds=args.seeds, profile=args.profile,
+        overrides=args.overrides, config=args.config, data_root=args.data_root, download=args.download, out=args.out,
+        cache_dir=args.cache_dir, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
+        gpus_per_cell=args.gpus_per_cell, retries=args.retries, overwrite=args.overwrite, plugins=args.plugin,
+        device=args.device, progress=False if args.no_progress else None,
+    )
+    shown = trials.copy()
+    for col in shown.columns:
+        if col.endswith(("_acc", "_wsr", "_fidelity", "_detected")):
+            shown[col] = shown[col].map(_pct)
+    print(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
+    from wmbench.registry import DATASETS
+    from wmbench.runner import default_run_dir
+
+    out = args.out or default_run_dir(DATASETS.resolve_list(args.datasets), args.profile)
+    print(f"\ntrials: {out}/tune/ (percent: mean over each trial's cells); tables and figures: wmbench report {out}")
+    failed = (frame["status"] == "failed").any() or ("error" in trials.columns and trials["error"].notna().any())
+    return 1 if failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -181,6 +234,9 @@ def cmd_show(args: argparse.Namespace) -> int:
           f" on {cell.get('dataset')} ({cell.get('arch')}), seed {cell.get('seed')}, profile {cell.get('profile')}")
     if record.get("skipped_reason"):
         print(f"skipped: {record['skipped_reason']}")
+    if record.get("error"):
+        attempts = f" (after {record['attempts']} attempts)" if record.get("attempts") else ""
+        print(f"error{attempts}: {record['error']}")
     for stage, metrics in (record.get("metrics") or {}).items():
         print(f"  {stage}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     if record.get("traceback"):
@@ -227,7 +283,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "show": cmd_show, "list": cmd_list}
+COMMANDS = {"run": cmd_run, "tune": cmd_tune, "report": cmd_report, "show": cmd_show, "list": cmd_list}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -178,6 +178,7 @@ def finished(df: Optional[pd.DataFrame]) -> pd.DataFrame:
         out = out.assign(
             attack=out["attack"].where(attack_label == "", out["attack"] + "[" + attack_label + "]"),
             method=out["method"].where(method_label == "", out["method"] + "[" + method_label + "]"),
+            sweep="",  # labelled once: finished(finished(df)) must not label again
         )
     if "profile" in out.columns and out["profile"].dropna().nunique() > 1:
         log.warning("pooling results from several profiles: %s",
@@ -265,7 +266,8 @@ def filter_table(df: pd.DataFrame) -> pd.DataFrame:
                              aggfunc="mean").reset_index()
     table = table.rename(columns={"model_kind": "model", "wsr": "wsr_filtered"})
     for col in ("wsr_filtered", "wsr_unfiltered"):
-        table[col] = 100 * table[col]
+        # wsr_filtered is absent when filtering left no key anywhere (WSR NaN, dropped by finished())
+        table[col] = 100 * table[col] if col in table.columns else np.nan
     return table
 
 
@@ -857,6 +859,12 @@ def write_report(
     from wmbench.figures import write_figures
 
     written += write_figures(df, out)
+    # Grid figures (wmbench.figures_grid): WSR heat-map over method × attack and --sweep figures;
+    # then every figure goes into report.md (links), report.html (inline) and report.tex.
+    from wmbench.figures_grid import embed_figures, write_grid_figures
+
+    written += write_grid_figures(df, out)
+    embed_figures(out, written)
     for path in written:
         log.info("wrote %s", path)
     return written

@@ -101,6 +101,8 @@ class RunOptions:
     overwrite: bool = False
     plugins: Tuple[str, ...] = ()
     run_name: str = ""
+    # "KIND/KEY" of artifacts this run already (re)built: reused even with ``overwrite``
+    fresh_artifacts: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,87 @@ class _CellLog:
         self.handler.close()
 
 
-def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, float]], int, str, List[Dict[str, Any]]]:
+# The specs below name the shared artifacts in the store; the scheduler (wmbench.scheduler) uses
+# them to build each artifact once, as its own task, before the cells that need it.
+
+def benign_spec(cell: Cell) -> Dict[str, Any]:
+    """Store spec of a cell's benign model (shared by every method and attack of the cell's
+    dataset, data, architecture, training schedule and seed)."""
+    return {"dataset": cell.dataset, "dataset_options": cell.dataset_options, "data": cell.data,
+            "arch": cell.arch, "train": cell.train, "seed": cell.seed, "wmbench": __version__}
+
+
+def victim_spec(cell: Cell) -> Dict[str, Any]:
+    """Store spec of a cell's watermarked victim and its key set."""
+    return {**benign_spec(cell), "method": cell.method, "method_config": cell.method_config}
+
+
+def uses_key_filter(cell: Cell) -> bool:
+    """Whether the cell's keys go through the two-stage filter (surrogate + filtered keys)."""
+    key_cfg = resolve(KeyFilterConfig, cell.profile, cell.keys, section="keys")
+    return (key_cfg.filter or METHODS.get(cell.method).default_key_filter) == "two_stage"
+
+
+def filtered_keys_spec(cell: Cell) -> Dict[str, Any]:
+    """Store spec of a cell's filtered key set (only used when :func:`uses_key_filter`)."""
+    return {**victim_spec(cell), "keys": cell.keys}
+
+
+def stage_spec(cell: Cell, index: int) -> Dict[str, Any]:
+    """Store spec of the model stolen by the first ``index + 1`` stages of the cell's chain."""
+    spec: Dict[str, Any] = dict(victim_spec(cell))
+    for i, (name, config) in enumerate(zip(cell.attack_stages[:index + 1], cell.attack_configs)):
+        spec = {**spec, f"attack{i}": name, f"attack{i}_config": config}
+    return spec
+
+
+def chain_prefix(cell: Cell, stages: int) -> Cell:
+    """The cell that runs only the first ``stages`` stages of ``cell``'s attack chain."""
+    configs = tuple(cell.attack_configs[:stages])
+    labels = "+".join(str(c.get("labels", "")) for c in configs if c.get("labels", ""))
+    return dataclasses.replace(cell, attack="+".join(cell.attack_stages[:stages]), attack_configs=configs,
+                               labels=labels)
+
+
+@dataclass
+class PreparedVictim:
+    """What :func:`prepare_victim` built or loaded: the shared artifacts of a cell and the
+    context to evaluate and attack them. ``victim``/``keys`` are None when only the benign model
+    was asked for; ``candidates`` are the unfiltered keys when the key filter is on."""
+
+    cell: Cell
+    device: torch.device
+    data: DataBundle
+    store: ArtifactStore
+    ctx: Context
+    train_cfg: TrainConfig
+    verify_cfg: VerifyConfig
+    method_cls: type
+    method: Any
+    benign: torch.nn.Module
+    victim: Optional[torch.nn.Module] = None
+    keys: Optional[KeySet] = None
+    candidates: Optional[KeySet] = None
+    filter_metrics: Dict[str, float] = field(default_factory=dict)
+    get: Callable[..., Tuple[Dict[str, torch.Tensor], Dict[str, Any]]] = field(default=lambda *a: ({}, {}), repr=False)
+
+
+#: What :func:`prepare_victim` builds: only the benign model, up to the victim, or everything
+#: up to the (filtered) verification keys.
+PREPARE_STEPS = ("benign", "victim", "keys")
+
+
+def prepare_victim(cell: Cell, opts: RunOptions, upto: str = "keys") -> PreparedVictim:
+    """Build (or load from the store) the benign model, the watermarked victim with its keys and,
+    when the key filter is on, the surrogate and filtered keys of ``cell``: the part of a cell
+    that every attack cell of the same (method, dataset, architecture, seed, profile) shares.
+
+    ``upto`` stops after ``"benign"`` or ``"victim"``. With ``opts.overwrite`` artifacts are
+    rebuilt, except those named in ``opts.fresh_artifacts`` (``"KIND/KEY"``, already rebuilt
+    by this run).
+    """
+    if upto not in PREPARE_STEPS:
+        raise ValueError(f"upto must be one of {PREPARE_STEPS}, got {upto!r}")
     device = resolve_device(opts.device)
     data = _bundle(cell.dataset, cell.data, cell.dataset_options, opts.data_root, opts.download)
     store = ArtifactStore(opts.cache_dir)
@@ -245,9 +327,9 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
     method_cls = METHODS.get(cell.method)
     method = method_cls(resolve(method_cls.Config, cell.profile, cell.method_config, section=f"methods.{cell.method}"))
     rebuild = opts.overwrite
+    fresh = set(opts.fresh_artifacts)
 
-    base_spec = {"dataset": cell.dataset, "dataset_options": cell.dataset_options, "data": cell.data,
-                 "arch": cell.arch, "train": cell.train, "seed": cell.seed, "wmbench": __version__}
+    base_spec = benign_spec(cell)
 
     def build_benign():
         seed_everything(ctx.seed_for("benign", "init"))
@@ -263,7 +345,7 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
         return tensors, {"model_spec": victim.spec, "keys_meta": dict(keys.meta)}
 
     def get(kind: str, spec: Mapping[str, Any], build: Callable):
-        if rebuild:
+        if rebuild and f"{kind}/{store.key(spec)}" not in fresh:
             tensors, meta = build()
             store.save(kind, spec, tensors, meta)
             return tensors, meta
@@ -272,10 +354,17 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
     tensors, meta = get("benign", base_spec, build_benign)
     benign = _model_from(tensors, meta["model_spec"])
     ctx.benign_provider = lambda: benign
-    victim_spec = {**base_spec, "method": cell.method, "method_config": cell.method_config}
-    tensors, meta = get("victim", victim_spec, build_victim)
+    prepared = PreparedVictim(cell=cell, device=device, data=data, store=store, ctx=ctx, train_cfg=train_cfg,
+                              verify_cfg=verify_cfg, method_cls=method_cls, method=method, benign=benign, get=get)
+    if upto == "benign":
+        return prepared
+    v_spec = victim_spec(cell)
+    tensors, meta = get("victim", v_spec, build_victim)
     victim = _model_from(tensors, meta["model_spec"])
     keys = _keys_from(tensors, meta)
+    prepared.victim, prepared.keys = victim, keys
+    if upto == "victim":
+        return prepared
 
     key_cfg = resolve(KeyFilterConfig, cell.profile, cell.keys, section="keys")
     candidates: Optional[KeySet] = None
@@ -289,7 +378,7 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
 
         def build_filtered():
             surrogate_settings = {k: v for k, v in cell.keys.items() if k.startswith("surrogate_")}
-            tensors, meta = get("surrogate", {**victim_spec, "surrogate": surrogate_settings}, build_surrogate)
+            tensors, meta = get("surrogate", {**v_spec, "surrogate": surrogate_settings}, build_surrogate)
             surrogate = _model_from(tensors, meta["model_spec"])
             filtered, stats = filter_keys(ctx, keys, victim, surrogate, benign, key_cfg.top_m, key_cfg.min_keys)
             verify_only = {k: v for k, v in filtered.tensors().items() if k.startswith("verify")}
@@ -297,7 +386,7 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
             return ({**_model_tensors(surrogate), **{"keys/" + k: v for k, v in verify_only.items()}},
                     {"model_spec": surrogate.spec, "keys_meta": dict(filtered.meta), "stats": stats})
 
-        tensors, meta = get("filtered_keys", {**victim_spec, "keys": cell.keys}, build_filtered)
+        tensors, meta = get("filtered_keys", filtered_keys_spec(cell), build_filtered)
         candidates = keys
         empty_embed = {"embed_x": keys.embed_x[:0], "embed_y": keys.embed_y[:0]}
         keys = KeySet.from_tensors({**empty_embed, **{k[5:]: v for k, v in tensors.items() if k.startswith("keys/")}},
@@ -306,6 +395,18 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
         if not keys.verify_y.numel():  # recorded (keys_final = 0, WSR NaN, not detected), not hidden
             log.warning("key filtering left no key (%s): the watermark did not transfer to the surrogate",
                         filter_metrics)
+    prepared.keys, prepared.candidates, prepared.filter_metrics = keys, candidates, filter_metrics
+    return prepared
+
+
+def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, float]], int, str, List[Dict[str, Any]]]:
+    prepared = prepare_victim(cell, opts)
+    device, data, store, ctx = prepared.device, prepared.data, prepared.store, prepared.ctx
+    train_cfg, verify_cfg, method = prepared.train_cfg, prepared.verify_cfg, prepared.method
+    benign, victim, keys, candidates = prepared.benign, prepared.victim, prepared.keys, prepared.candidates
+    filter_metrics, get = prepared.filter_metrics, prepared.get
+    assert victim is not None and keys is not None
+    victim_spec_ = victim_spec(cell)
 
     verify_kw = dict(num_classes=data.num_classes, verify=verify_cfg, device=device)
     label_api = lambda model: Blackbox(model, num_classes=data.num_classes, input_shape=ctx.input_shape,
@@ -343,7 +444,7 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
         victim_pred = predict_logits(victim, test.x, device=device).argmax(1)
         empty = Split(data.test.x[:0], data.test.y[:0])
         attacker_view = dataclasses.replace(data, owner=empty, test=empty)
-        spec: Dict[str, Any] = dict(victim_spec)
+        spec: Dict[str, Any] = dict(victim_spec_)
         current = victim
         stages = cell.attack_stages
         for index, (name, config_dict) in enumerate(zip(stages, cell.attack_configs)):
@@ -575,7 +676,29 @@ def validate_overrides(settings: Settings) -> None:
         DATASETS.get(name)
 
 
-def run(
+DEFAULT_EXECUTOR_ENV = "WMBENCH_EXECUTOR"
+#: ``auto`` is Ray when it is installed, else serial (with a warning).
+EXECUTORS = ("ray", "serial", "auto")
+
+
+def default_executor(cli: bool = False) -> str:
+    """The executor used when none is given: ``$WMBENCH_EXECUTOR``, else ``"auto"`` (Ray) for the
+    command line and ``"serial"`` for :func:`run` (in process: predictable in notebooks/scripts)."""
+    return os.environ.get(DEFAULT_EXECUTOR_ENV) or ("auto" if cli else "serial")
+
+
+@dataclass
+class RunPlan:
+    """A validated grid: every planned cell, the ones still to run, and where they run."""
+
+    planned: List[PlannedCell]
+    todo: List[Dict[str, Any]]  # cell dicts, unique, not finished yet (all of them with overwrite)
+    opts: RunOptions
+    run_dir: Path
+    manifest: Dict[str, Any]  # what run.json records
+
+
+def plan_run(
     methods: str | Sequence[str] = "badnets",
     attacks: str | Sequence[str] = "none",
     datasets: str | Sequence[str] = "fmnist",
@@ -589,24 +712,16 @@ def run(
     download: bool = False,
     out: Optional[str | os.PathLike] = None,
     cache_dir: Optional[str | os.PathLike] = None,
-    executor: str = "serial",
-    ray_address: Optional[str] = None,
-    cpus_per_cell: float = 1.0,
     overwrite: bool = False,
     plugins: Sequence[str] = (),
     device: str = "auto",
     progress: Optional[bool] = None,
-    on_record: Optional[Callable[[Dict[str, Any]], None]] = None,
-) -> pd.DataFrame:
-    """Run a grid and return its long results table (see :mod:`wmbench.results`).
+    executor: str = "",
+) -> RunPlan:
+    """Validate and expand a grid (the first half of :func:`run`); writes nothing.
 
-    Everything is validated before anything is written: unknown names, malformed overrides,
-    missing data and grids with no runnable cell raise :class:`UserError`.
-
-    Example::
-
-        import wmbench
-        df = wmbench.run("badnets", "knockoff", "fmnist", profile="quick", seeds=[0])
+    Raises :class:`UserError` for unknown names, malformed overrides, missing data and grids with
+    no runnable cell. Paths in the returned options are absolute (tasks may run elsewhere).
     """
     for module in plugins:
         load_plugin(module)
@@ -642,33 +757,100 @@ def run(
             log.warning("skipping %s × %s on %s: %s", p.cell.method, p.cell.attack, p.cell.dataset, p.skipped_reason)
 
     run_dir = Path(out) if out else default_run_dir(dataset_names, profile)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    opts = RunOptions(run_dir=str(run_dir), cache_dir=str(Path(cache_dir) if cache_dir else run_dir / "artifacts"),
-                      data_root=data_root, download=download, device=device, progress=progress,
-                      overwrite=overwrite, plugins=tuple(plugins), run_name=run_dir.name)
-    atomic_write_text(run_dir / "run.json", canonical_json({
+    run_dir = run_dir.absolute()
+    opts = RunOptions(run_dir=str(run_dir), cache_dir=str(Path(cache_dir).absolute() if cache_dir else run_dir / "artifacts"),
+                      data_root=str(Path(data_root).absolute()) if data_root else None, download=download,
+                      device=device, progress=progress, overwrite=overwrite, plugins=tuple(plugins),
+                      run_name=run_dir.name)
+    manifest = {
         "methods": method_names, "attacks": attack_names, "datasets": dataset_names, "seeds": seed_list,
         "profile": profile, "overrides": list(overrides), "sweeps": list(sweeps), "config": config, "executor": executor,
-        "wmbench_version": __version__}))
+        "wmbench_version": __version__}
     todo: List[Dict[str, Any]] = []
+    seen = set()
     for p in planned:
-        if p.skipped_reason:
-            if overwrite or finished(run_dir, p.cell.cell_id) is None:
-                write_cell(run_dir, skipped_record(p, opts.run_name))
+        if p.skipped_reason or p.cell.cell_id in seen:
             continue
+        seen.add(p.cell.cell_id)
         if not overwrite and finished(run_dir, p.cell.cell_id) is not None:
             log.info("cell %s already finished; reusing it", p.cell.cell_id)
             continue
         todo.append(p.cell.as_dict())
-    seen = set()
-    todo = [c for c in todo if not (Cell.from_dict(c).cell_id in seen or seen.add(Cell.from_dict(c).cell_id))]
-    log.info("%d cells planned, %d to run", len(planned), len(todo))
-    if todo:
-        execu = make_executor(executor, address=ray_address, cpus_per_cell=cpus_per_cell) if executor == "ray" \
-            else make_executor(executor)
-        for record in execu.map(todo, dataclasses.asdict(opts)):
-            if on_record is not None:
-                on_record(record)
-    frame = consolidate(run_dir)
-    ids = {p.cell.cell_id for p in planned}
+    return RunPlan(planned=planned, todo=todo, opts=opts, run_dir=run_dir, manifest=manifest)
+
+
+def start_run(run_plan: RunPlan) -> None:
+    """Create the run folder, write ``run.json`` and the records of the skipped cells."""
+    run_dir, opts = run_plan.run_dir, run_plan.opts
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "run.json", canonical_json(run_plan.manifest))
+    for p in run_plan.planned:
+        if p.skipped_reason and (opts.overwrite or finished(run_dir, p.cell.cell_id) is None):
+            write_cell(run_dir, skipped_record(p, opts.run_name))
+
+
+def run(
+    methods: str | Sequence[str] = "badnets",
+    attacks: str | Sequence[str] = "none",
+    datasets: str | Sequence[str] = "fmnist",
+    *,
+    seeds: str | Sequence[int] = (0,),
+    profile: str = "quick",
+    overrides: Sequence[str] = (),
+    sweeps: Sequence[str] = (),
+    config: Optional[str] = None,
+    data_root: Optional[str] = None,
+    download: bool = False,
+    out: Optional[str | os.PathLike] = None,
+    cache_dir: Optional[str | os.PathLike] = None,
+    executor: Optional[str] = None,
+    ray_address: Optional[str] = None,
+    cpus_per_cell: float = 1.0,
+    gpus_per_cell: Optional[float] = None,
+    retries: int = 1,
+    overwrite: bool = False,
+    plugins: Sequence[str] = (),
+    device: str = "auto",
+    progress: Optional[bool] = None,
+    on_record: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> pd.DataFrame:
+    """Run a grid and return its long results table (see :mod:`wmbench.results`).
+
+    Everything is validated before anything is written: unknown names, malformed overrides,
+    missing data and grids with no runnable cell raise :class:`UserError`.
+
+    The grid runs as a dependency graph (:mod:`wmbench.scheduler`): each benign model, victim
+    (and filtered key set) is built once by its own task before the cells that use it.
+    ``executor`` is ``"ray"`` (an embedded local Ray instance, or the cluster at
+    ``ray_address``/``$RAY_ADDRESS``; the command line's default), ``"serial"`` (in this process;
+    the default here unless ``$WMBENCH_EXECUTOR`` says otherwise) or ``"auto"`` (Ray if installed). ``cpus_per_cell``/``gpus_per_cell`` are each task's Ray resources
+    (``gpus_per_cell=None``: 1 where the cluster has GPUs, else 0); a failed cell is retried
+    ``retries`` times, then recorded as failed.
+
+    Example::
+
+        import wmbench
+        df = wmbench.run("badnets", "knockoff", "fmnist", profile="quick", seeds=[0], executor="serial")
+    """
+    executor = executor or default_executor()
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}; accepted: {', '.join(EXECUTORS)}")
+    explicit = executor != "auto"
+    executor = "ray" if executor == "auto" else executor
+    if retries < 0:
+        raise UserError(f"--retries must be 0 or more, got {retries}")
+    run_plan = plan_run(methods, attacks, datasets, seeds=seeds, profile=profile, overrides=overrides, sweeps=sweeps,
+                        config=config, data_root=data_root, download=download, out=out, cache_dir=cache_dir,
+                        overwrite=overwrite, plugins=plugins, device=device, progress=progress, executor=executor)
+    from wmbench import scheduler
+
+    backend = scheduler.make_backend(executor, explicit=explicit, address=ray_address, cpus_per_cell=cpus_per_cell,
+                                     gpus_per_cell=gpus_per_cell, device=device, plugins=plugins)
+    start_run(run_plan)
+    log.info("%d cells planned, %d to run", len(run_plan.planned), len(run_plan.todo))
+    if run_plan.todo:
+        scheduler.execute(run_plan.todo, dataclasses.asdict(run_plan.opts), backend=backend, retries=retries,
+                          on_record=on_record, progress=progress)
+    frame = consolidate(run_plan.run_dir)
+    ids = {p.cell.cell_id for p in run_plan.planned}
     return frame[frame["cell_id"].isin(ids)].reset_index(drop=True)
