@@ -473,3 +473,34 @@ def test_ray_executor_matches_serial_and_report(tmp_path, capsys):
     for name in ("report.md", "report.tex", "report.html", "table1.csv", "table2.csv",
                  "figures/heatmap_wsr_synthetic_naivenet.png", "figures/heatmap_wsr_synthetic_naivenet.pdf"):
         assert (tmp_path / "ray" / name).exists(), name
+
+
+# ------------------------------------------------------------------------------------------
+# Ray Tune: one trial per grid point, cells in the same results store as `run`
+# ------------------------------------------------------------------------------------------
+@pytest.mark.ray
+def test_tune_grid_writes_cells_like_run(tmp_path, capsys):
+    pytest.importorskip("ray")
+    from wmbench.cli import main
+
+    out = tmp_path / "tuned"
+    argv = ["tune", "--methods", "badnets", "--attacks", "none", "--datasets", "synthetic", "--profile", "smoke",
+            "--grid", "methods.badnets.poison_rate=0.05,0.2", "--out", str(out), "--no-progress", *TINY_CLI]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "methods.badnets.poison_rate" in printed and "victim_wsr" in printed
+    cells = _cells(out)
+    assert len(cells) == 2 and {c["status"] for c in cells.values()} == {"ok"}
+    rates = sorted(c["cell"]["method_config"]["poison_rate"] for c in cells.values())
+    assert rates == [0.05, 0.2]
+    # The same grid through `run --sweep` finds every cell finished: same cell ids, same store.
+    stamps = {p.stem: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    frame = run("badnets", "none", "synthetic", profile="smoke", out=out, overrides=TINY, progress=False,
+                sweeps=["methods.badnets.poison_rate=0.05,0.2"])
+    assert set(frame["cell_id"]) == set(cells)
+    assert {p.stem: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} == stamps
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # argparse: --grid is required
+        main(["tune", "--methods", "badnets", "--datasets", "synthetic", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    assert "--grid" in capsys.readouterr().err and not (tmp_path / "x").exists()
