@@ -301,3 +301,15 @@ def test_latex_compiles(results, tmp_path):
     done = _pdflatex(tmp_path / "report.tex")
     assert done.returncode == 0, done.stdout[-3000:]
     assert (tmp_path / "report.pdf").is_file()
+
+
+def test_latex_escapes_text_in_every_column():
+    # A curves-style table: 'attack' and 'step_name' hold text that is not a grouping key.
+    table = pd.DataFrame({"dataset": ["fmnist", "fmnist"], "method": ["mea_defender", "mea_defender"],
+                          "attack": ["dfms_hl", "pre_randcrop"], "step_name": ["queries", "crop_ratio"],
+                          "step": [100.0, 0.5], "wsr": [99.5, 3.0]})
+    latex = report.to_latex(table)
+    body = latex[latex.index("\\midrule"):]
+    assert "dfms\\_hl" in body and "pre\\_randcrop" in body and "crop\\_ratio" in body
+    assert re.search(r"(?<!\\)_", body) is None
+    assert "$99.50$" in body or "99.5" in body

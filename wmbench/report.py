@@ -590,6 +590,19 @@ _LATEX_ESCAPES = {
 }
 
 
+def _latex_value(value: object) -> str:
+    """A non-key cell: the formatters' output (``$..$``, ``\\textbf{..}``, ``--``) and plain numbers
+    verbatim; any other text (e.g. an attack name in a curves table) escaped."""
+    text = str(value)
+    if text == "--" or (text.startswith("$") and text.endswith("$")) or text.startswith("\\textbf{\\boldmath$"):
+        return text
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return latex_escape(text)
+
+
 def latex_escape(text: object) -> str:
     """Escape LaTeX special characters (``_ % & # $ { } ~ ^ \\``) in plain text."""
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
@@ -669,7 +682,7 @@ def to_latex(
         dataset = row.get("dataset")
         if position and dataset != previous:
             lines.append("\\midrule")
-        cells = [latex_escape(v) if c in text_cols else str(v) for c, v in row.items()]
+        cells = [latex_escape(v) if c in text_cols else _latex_value(v) for c, v in row.items()]
         if "dataset" in shown.columns and dataset == previous:
             cells[list(shown.columns).index("dataset")] = ""
         lines.append(" & ".join(cells) + r" \\")
