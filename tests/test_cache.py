@@ -297,3 +297,18 @@ def test_atomic_write_bytes_failure_cleans_up(tmp_path):
         atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
     assert target.read_bytes() == b"old"  # the previous content survives
     assert sorted(os.listdir(tmp_path)) == ["file.bin"]
+
+
+def test_atomic_writes_get_normal_file_permissions(tmp_path):
+    from wmbench.cache import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "a.json").read_text() == "{}"
