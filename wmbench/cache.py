@@ -69,6 +69,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created with its folder if missing) across
+    processes; used for artifacts and for result cells."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -96,16 +109,8 @@ class ArtifactStore:
         base = self.root / kind / key
         return base.with_suffix(".pt"), base.with_suffix(".json")
 
-    @contextmanager
-    def _lock(self, kind: str, key: str) -> Iterator[None]:
-        lock_path = self.root / kind / f"{key}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _lock(self, kind: str, key: str):
+        return file_lock(self.root / kind / f"{key}.lock")
 
     def load(self, kind: str, spec: Mapping[str, Any]) -> Optional[Tuple[Tensors, Meta]]:
         """Return ``(tensors, meta)`` if a valid artifact exists, None if absent.

@@ -32,7 +32,6 @@ the same cell function (:func:`wmbench.runner.run_cell`) into the same results s
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import importlib.util
 import logging
 import math
@@ -40,12 +39,11 @@ import os
 import sys
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from wmbench.cache import ArtifactStore
+from wmbench.cache import ArtifactStore, file_lock
 from wmbench.config import canonical_json, stable_hash
 from wmbench.errors import UserError
 
@@ -217,17 +215,6 @@ def build_graph(cells: Sequence[Mapping[str, Any]], cache_dir: str | os.PathLike
 # Running one task (in this process or in a Ray worker)
 # --------------------------------------------------------------------------------------------
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def build_artifact(kind: str, cell_dict: Mapping[str, Any], opts_dict: Mapping[str, Any]) -> None:
     """Build (or find in the store) one artifact for ``cell_dict``; raises on failure."""
     from wmbench.runner import Cell, RunOptions, _evaluate_cell, prepare_victim
@@ -267,7 +254,7 @@ def _run_cell_task(cell_dict: Mapping[str, Any], opts_dict: Mapping[str, Any], r
     cell_id = Cell.from_dict(cell_dict).cell_id
     run_dir = Path(opts_dict["run_dir"])
     # One process at a time per cell: a second `wmbench run` on the same folder waits, then reuses.
-    with _file_lock(run_dir / ".locks" / f"{cell_id}.lock"):
+    with file_lock(run_dir / ".locks" / f"{cell_id}.lock"):
         if not opts_dict.get("overwrite"):
             done = finished(run_dir, cell_id)
             if done is not None:
