@@ -7,10 +7,12 @@ Three measurements, each printed as a Markdown table row (results go to BENCHMAR
             against a NaiveNet victim on Fashion-MNIST shapes;
 ``dfme``    DFME queries per second at the scaled-down generator (quick profile: ngf 16, B 128,
             m 1, d_iter 5) for a fixed number of iterations, soft and hard labels;
-``memory``  peak resident memory of a Knockoff run over a 50 k-image query pool, measured in a
-            fresh subprocess as the rise of the kernel's high-water mark (VmHWM, reset through
-            /proc/self/clear_refs) above the resident size once the pool is loaded; compared
-            with the bytes of the pool, of the victim outputs, and of one query batch. With
+``memory``  peak resident memory of a Knockoff run over 5k and 50k-image query pools,
+            each measured in a fresh subprocess as the rise of the kernel's high-water mark
+            (VmHWM, reset through /proc/self/clear_refs) above the resident size once the pool is
+            loaded, under glibc's default allocator and under a fixed mmap threshold; the
+            difference between the pool sizes gives the memory held per pool image (streaming:
+            one victim output; copying: one image more). With
             ``--copy`` the same run is repeated with the transfer set materialised as a copy of
             the queried images (the pre-streaming implementation) for comparison.
 
@@ -98,18 +100,29 @@ def _status(key: str) -> int:
     raise RuntimeError(key)
 
 
-def _memory_child(copy: bool) -> Dict[str, float]:
-    """Runs in a fresh process: Knockoff (1 epoch) over a 50k pool; peak RSS rise above the pool."""
+def _memory_child(copy: bool, size: int) -> Dict[str, float]:
+    """Runs in a fresh process: Knockoff (1 epoch) over a ``size``-image pool; peak RSS rise.
+
+    Before the baseline is taken, a throwaway student trains 4 steps and the victim answers one
+    batch outside the counted interface, so that the code pages torch maps on first use (oneDNN
+    kernels, autograd) are resident already and the rise is memory the attack itself holds."""
     torch.set_num_threads(1)
     full = load_data("fmnist")
-    pool = Split(torch.cat([full.owner.x, full.attacker.x])[:50_000].clone(),
-                 torch.cat([full.owner.y, full.attacker.y])[:50_000].clone())
+    pool = Split(torch.cat([full.owner.x, full.attacker.x])[:size].clone(),
+                 torch.cat([full.owner.y, full.attacker.y])[:size].clone())
     data = dataclasses.replace(full, attacker=pool)
     ctx = _ctx(data, "quick")
     cls = ATTACKS.get("knockoff")
     cfg = resolve(cls.Config, "quick", {"labels": "soft", "epochs": 1})
-    box = Blackbox(_victim(data), num_classes=10, input_shape=data.shape)
-    del full
+    victim = _victim(data)
+    from wmbench.attacks._stealing import student_model
+
+    with torch.no_grad():
+        warm_y = torch.softmax(victim(pool.x[:512]), 1)
+    ctx.fit(student_model(ctx, None, "knockoff", "warmup"), (pool.x[:512].clone(), warm_y), cfg=cfg.train_config(),
+            seed=0)
+    box = Blackbox(victim, num_classes=10, input_shape=data.shape)
+    del full, warm_y
     import gc
 
     gc.collect()
@@ -118,7 +131,6 @@ def _memory_child(copy: bool) -> Dict[str, float]:
         f.write("5")  # reset the high-water mark to the current resident size
     started = time.perf_counter()
     if copy:  # the pre-streaming implementation: copy the queried images, then train on the copy
-        from wmbench.attacks._stealing import student_model
         from wmbench.utils import generator
 
         order = torch.cat([torch.randperm(len(pool), generator=generator(0))])
@@ -132,27 +144,54 @@ def _memory_child(copy: bool) -> Dict[str, float]:
     wall = time.perf_counter() - started
     peak = _status("VmHWM")
     return {"queries": queries, "wall_s": wall, "rise": peak - base, "base": base,
-            "pool": pool.x.numel() * pool.x.element_size(), "outputs": 50_000 * 10 * 4,
-            "batch": 256 * pool.x[0].numel() * 4}
+            "pool": pool.x.numel() * pool.x.element_size(), "outputs": size * 10 * 4,
+            "batch": 256 * pool.x[0].numel() * 4, "image": pool.x[0].numel() * pool.x.element_size()}
 
 
-def memory(copy: bool) -> None:
-    print("| Knockoff, 50k pool, 1 epoch | queries | pool (MB) | outputs (MB) | one batch (MB) | peak RSS rise (MB) "
-          "| rise / pool |")
+POOL_SIZES = (5_000, 50_000)
+#: glibc's default malloc adapts its mmap threshold and keeps freed heap memory, so the peak of
+#: a training loop varies from run to run by hundreds of MB; a fixed threshold makes every
+#: tensor above 1 MB its own mapping, returned to the kernel when freed (deterministic, slower).
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"}
+
+
+def _child(mode: str, size: int, env: Dict[str, str]) -> Dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "_memory_child", mode, str(size)], capture_output=True,
+                         text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory(copy: bool, repeats: int = 3) -> None:
+    """Peak RSS rise of one Knockoff epoch at two pool sizes, under glibc's default allocator
+    (``repeats`` runs: min / median / max, since its peak is not reproducible) and under a fixed
+    mmap threshold (one run: reproducible to the MB). The difference between the two pool sizes
+    is what the attack holds per pool image: about one victim output when streaming, one image
+    more when copying."""
+    mb = lambda v: v / 2 ** 20  # noqa: E731
+    print("| Knockoff, 1 epoch | pool images | pool (MB) | victim outputs (MB) | one query batch (MB) "
+          f"| rise, glibc default, {repeats} runs: min / median / max (MB) | rise, fixed mmap threshold (MB) |")
     print("|---|---|---|---|---|---|---|")
+    fixed: Dict[tuple, float] = {}
     for mode in (["stream", "copy"] if copy else ["stream"]):
-        out = subprocess.run([sys.executable, __file__, "_memory_child", mode], capture_output=True, text=True,
-                             check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        mb = lambda v: v / 2 ** 20  # noqa: E731
         label = "streaming (wmbench)" if mode == "stream" else "copy of the queried images"
-        print(f"| {label} | {r['queries']} | {mb(r['pool']):.0f} | {mb(r['outputs']):.1f} | {mb(r['batch']):.2f} "
-              f"| {mb(r['rise']):.0f} | {r['rise'] / r['pool']:.2f} |", flush=True)
+        for size in POOL_SIZES:
+            runs = sorted(_child(mode, size, {})["rise"] for _ in range(repeats))
+            r = _child(mode, size, FIXED_MALLOC)
+            fixed[(mode, size)] = r["rise"]
+            print(f"| {label} | {size} | {mb(r['pool']):.0f} | {mb(r['outputs']):.1f} | {mb(r['batch']):.2f} "
+                  f"| {mb(runs[0]):.0f} / {mb(runs[len(runs) // 2]):.0f} / {mb(runs[-1]):.0f} "
+                  f"| {mb(r['rise']):.0f} |", flush=True)
+    print()
+    lo, hi = POOL_SIZES
+    for mode in (["stream", "copy"] if copy else ["stream"]):
+        slope = (fixed[(mode, hi)] - fixed[(mode, lo)]) / (hi - lo)
+        print(f"{mode}: {slope:.0f} bytes held per extra pool image under the fixed threshold "
+              f"(one 28x28 float image = 3136 bytes, one output + index = 48 bytes)")
 
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "_memory_child":
-        print(json.dumps(_memory_child(sys.argv[2] == "copy")))
+        print(json.dumps(_memory_child(sys.argv[2] == "copy", int(sys.argv[3]))))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", nargs="?", default="all", choices=["rates", "dfme", "memory", "all"])

@@ -78,6 +78,8 @@ def test_run_twice_report_and_show(tmp_path, capsys, monkeypatch):
     code, out, err = _run(["show", cell_id[:8], "--out", str(out_dir)], capsys)
     assert code == 0
     assert cell_id in out and "victim:" in out and "config:" in out
+    # The watermark's facts (BadNets: target label, key-set sizes) are in the record and shown.
+    assert "watermark: " in out and "n_verify_keys=" in out and "target=1" in out
 
 
 @needs_fmnist

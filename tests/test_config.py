@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -572,3 +573,19 @@ def test_cell_id_same_in_subprocess():
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(cell.as_dict()), env=env,
                          capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == cell.cell_id
+
+
+def test_watermark_summary_keeps_short_facts_only():
+    import torch
+
+    from wmbench.api import KeySet
+    from wmbench.runner import watermark_summary
+
+    x = torch.zeros(3, 1, 4, 4)
+    keys = KeySet(x, torch.tensor([4, 4, 4]), x[:2], torch.tensor([4, 4]),
+                  {"target": 4, "sources": (7, 6, 1, 0), "selection": "adaptive", "probs": list(range(100)),
+                   "index": "[" + ", ".join(map(str, range(500))) + "]", "nested": {"a": 1}})
+    summary = watermark_summary(keys)
+    assert summary == {"n_verify_keys": 2, "n_embed": 3, "selection": "adaptive", "sources": [7, 6, 1, 0],
+                       "target": 4}
+    json.dumps(summary)  # JSON-able: it goes into the cell record

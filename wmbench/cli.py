@@ -237,6 +237,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if record.get("error"):
         attempts = f" (after {record['attempts']} attempts)" if record.get("attempts") else ""
         print(f"error{attempts}: {record['error']}")
+    if record.get("watermark"):
+        print("watermark: " + ", ".join(f"{k}={v}" for k, v in record["watermark"].items()))
     for stage, metrics in (record.get("metrics") or {}).items():
         print(f"  {stage}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     if record.get("traceback"):

@@ -214,6 +214,26 @@ def _keys_from(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> 
                                meta.get("keys_meta", {}))
 
 
+def watermark_summary(keys: KeySet, max_list: int = 32, max_str: int = 160) -> Dict[str, Any]:
+    """The facts a reader of a cell needs about its watermark: key-set sizes and the short,
+    JSON-able entries of ``keys.meta`` (target label, source classes, trigger source...).
+    Long entries (index lists, per-sample values) stay in the victim artifact's ``keys_meta``
+    and are left out here."""
+
+    def short(value: Any) -> bool:
+        if isinstance(value, (bool, int, float)) or value is None:
+            return True
+        if isinstance(value, str):
+            return len(value) <= max_str
+        if isinstance(value, (list, tuple)):
+            return len(value) <= max_list and all(isinstance(v, (bool, int, float, str)) for v in value)
+        return False
+
+    out: Dict[str, Any] = {"n_verify_keys": int(keys.verify_y.shape[0]), "n_embed": int(keys.embed_y.shape[0])}
+    out.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(keys.meta.items()) if short(v)})
+    return out
+
+
 class _CellLog:
     """Attach a per-cell log file to the ``wmbench`` logger for the duration of a cell."""
 
@@ -399,7 +419,10 @@ def prepare_victim(cell: Cell, opts: RunOptions, upto: str = "keys") -> Prepared
     return prepared
 
 
-def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, float]], int, str, List[Dict[str, Any]]]:
+def _evaluate_cell(cell: Cell, opts: RunOptions
+                   ) -> Tuple[Dict[str, Dict[str, float]], int, str, List[Dict[str, Any]], Dict[str, Any]]:
+    """Metrics per stage, total queries, device, curve rows of the last stage, and the
+    watermark summary (:func:`watermark_summary`) of the cell."""
     prepared = prepare_victim(cell, opts)
     device, data, store, ctx = prepared.device, prepared.data, prepared.store, prepared.ctx
     train_cfg, verify_cfg, method = prepared.train_cfg, prepared.verify_cfg, prepared.method
@@ -493,7 +516,7 @@ def _evaluate_cell(cell: Cell, opts: RunOptions) -> Tuple[Dict[str, Dict[str, fl
             metrics["attack" if last else f"stage{index + 1}"] = stage_metrics
             if last:
                 curve = list(meta.get("curve", []))
-    return metrics, queries, str(device), curve
+    return metrics, queries, str(device), curve, watermark_summary(keys)
 
 
 
@@ -517,8 +540,8 @@ def run_cell(cell_dict: Mapping[str, Any], opts_dict: Mapping[str, Any]) -> Dict
         log.info("cell %s: %s × %s[%s] on %s seed %d (%s) %s", cell.cell_id, cell.method, cell.attack, cell.labels,
                  cell.dataset, cell.seed, cell.profile, cell.sweep_label)
         try:
-            metrics, queries, device, curve = _evaluate_cell(cell, opts)
-            record.update(status="ok", metrics=metrics, queries=queries, curve=curve)
+            metrics, queries, device, curve, watermark = _evaluate_cell(cell, opts)
+            record.update(status="ok", metrics=metrics, queries=queries, curve=curve, watermark=watermark)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # recorded, shown by `wmbench show`, retried on the next run
