@@ -589,3 +589,22 @@ def test_watermark_summary_keeps_short_facts_only():
     assert summary == {"n_verify_keys": 2, "n_embed": 3, "selection": "adaptive", "sources": [7, 6, 1, 0],
                        "target": 4}
     json.dumps(summary)  # JSON-able: it goes into the cell record
+
+
+def test_cell_variant_names_what_differs_from_the_profile():
+    from wmbench.config import build_settings, parse_set
+    from wmbench.runner import cell_variant, plan
+
+    def variants(items, attacks=("knockoff",), sweep=None):
+        settings = build_settings("smoke", parse_set(list(items)))
+        cells = plan(settings, ["badnets"], list(attacks), ["synthetic"], [0], sweep=sweep)
+        return sorted({tuple(sorted(cell_variant(p.cell).items())) for p in cells})
+
+    assert variants([]) == [(("attack", ""), ("method", ""))]  # defaults; labels are not a variant
+    assert variants(["methods.badnets.poison_rate=0.05", "train.epochs=3", "attacks.knockoff.budget=300",
+                     "attacks.knockoff.labels=soft"]) == [
+        (("attack", "budget=300"), ("method", "poison_rate=0.05,train.epochs=3"))]
+    # chains name the stage; swept keys are left to the sweep's own label
+    assert variants(["attacks.ftll.lr=0.123"], attacks=("knockoff+ftll",)) == [(("attack", "ftll.lr=0.123"), ("method", ""))]
+    assert variants(["methods.badnets.poison_rate=0.05"],
+                    sweep={"methods.badnets.poison_rate": 0.05}) == [(("attack", ""), ("method", ""))]

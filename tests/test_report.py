@@ -129,6 +129,32 @@ def test_disagreeing_repeats_warn_and_average(results, caplog):
     assert _row_of(t1, "badnets")["benign_acc_mean"] == pytest.approx(92.0)
 
 
+def test_variants_from_set_overrides_are_labelled_not_averaged(results, caplog):
+    """Cells of one method run with different --set values in one folder (recorded as
+    method_variant / attack_variant) become separate, labelled rows instead of being averaged."""
+    plain = results.assign(method_variant="", attack_variant="")
+    other = plain[plain["method"] == "badnets"].copy()
+    other["cell_id"] = other["cell_id"] + "-fixed"
+    other["method_variant"] = "poison_rate=0.05"
+    other.loc[other["metric"] == "acc", "value"] -= 0.05
+    budget = plain[(plain["method"] == "deeptracer") & (plain["attack"] == "knockoff")].copy()
+    budget["cell_id"] = budget["cell_id"] + "-budget"
+    budget["attack_variant"] = "budget=500"
+    frame = pd.concat([plain, other, budget], ignore_index=True)
+    with caplog.at_level("WARNING", logger="wmbench.report"):
+        t1 = report.table1(frame)
+        t2 = report.table2(frame)
+    assert "disagree" not in caplog.text
+    assert list(t1["method"]) == ["badnets", "badnets[poison_rate=0.05]", "deeptracer"]
+    assert _row_of(t1, "badnets")["victim_acc_mean"] == pytest.approx(90.9)
+    assert _row_of(t1, "badnets[poison_rate=0.05]")["victim_acc_mean"] == pytest.approx(85.9)
+    assert any("knockoff[budget=500]" in str(c) for c in t2.columns) or \
+        (t2.astype(str).apply(lambda col: col.str.contains("budget=500", regex=False)).any().any())
+    # A single variant per group is not labelled (a run with one --set reads as before).
+    alone = report.table1(plain.assign(method_variant="epochs=3"))
+    assert list(alone["method"]) == ["badnets", "deeptracer"]
+
+
 def test_table2_columns_and_values(results):
     t2 = report.table2(results)
     value_cols = [c[: -len("_mean")] for c in t2.columns if c.endswith("_mean")]

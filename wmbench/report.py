@@ -179,6 +179,17 @@ def finished(df: Optional[pd.DataFrame]) -> pd.DataFrame:
             method=out["method"].where(method_label == "", out["method"] + "[" + method_label + "]"),
             sweep="",  # labelled once: finished(finished(df)) must not label again
         )
+    # Cells of one method (or attack) run with different --set values in one folder are variants
+    # too: where a (dataset, model, method) group holds several method variants they label the
+    # method ("mea_defender[weighting=fixed]"), and likewise for attacks, instead of being averaged.
+    for col, group, variant in (("method", ["dataset", "model", "method"], "method_variant"),
+                                ("attack", ["dataset", "model", "method", "attack", "labels"], "attack_variant")):
+        if variant not in out.columns or out.empty:
+            continue
+        names = out[variant].fillna("").astype(str)
+        several = names.groupby([out[c] for c in group], sort=False).transform("nunique") > 1
+        tag = several & (names != "")
+        out = out.assign(**{col: out[col].where(~tag, out[col] + "[" + names + "]"), variant: ""})
     if "profile" in out.columns and out["profile"].dropna().nunique() > 1:
         log.warning("pooling results from several profiles: %s",
                     ", ".join(sorted(map(str, out["profile"].dropna().unique()))))
@@ -290,8 +301,10 @@ def _per_seed(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 
 
 def _rank(series: pd.Series, order: Sequence[str]) -> pd.Series:
+    """Position in ``order`` of each name, variants ("badnets[poison_rate=0.05]") beside their
+    base name; unknown names last."""
     position = {name: i for i, name in enumerate(order)}
-    return series.map(lambda name: position.get(name, len(order)))
+    return series.map(lambda name: position.get(str(name).split("[", 1)[0], len(order)))
 
 
 def _sort_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -319,10 +332,8 @@ def _wide_stats(long: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
         return pd.DataFrame(columns=[*keys, "n_seeds"])
     stats = long.groupby([*keys, "column"], sort=False)["value"].agg(["mean", "std"])
     means, stds = stats["mean"].unstack("column"), stats["std"].unstack("column")
-    out = pd.DataFrame(index=means.index)
-    for col in present:
-        out[f"{col}_mean"] = means[col]
-        out[f"{col}_std"] = stds[col]
+    out = pd.concat({name: frame[col] for col in present
+                     for name, frame in ((f"{col}_mean", means), (f"{col}_std", stds))}, axis=1)
     out["n_seeds"] = long.groupby(keys)["seed"].nunique().reindex(out.index).astype(int)
     return _sort_rows(out.reset_index())
 

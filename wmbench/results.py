@@ -33,7 +33,7 @@ SCHEMA_VERSION = 2
 KEY_COLUMNS = ["run", "cell_id", "method", "attack", "labels", "dataset", "model", "seed", "profile", "sweep"]
 COLUMNS = KEY_COLUMNS + [
     "stage", "step_name", "step", "metric", "value", "status", "skipped_reason", "method_params_hash", "attack_params_hash",
-    "wmbench_version", "git_sha", "torch_version", "device", "host", "started_at", "wall_s", "queries",
+    "method_variant", "attack_variant", "wmbench_version", "git_sha", "torch_version", "device", "host", "started_at", "wall_s", "queries",
     "schema_version",
 ]
 
@@ -108,6 +108,22 @@ def iter_records(run_dir: Path) -> Iterable[Dict[str, Any]]:
         yield read_cell(path)
 
 
+def _variant(record: Mapping[str, Any]) -> Dict[str, str]:
+    """The record's ``variant`` (:func:`wmbench.runner.cell_variant`); records written before it
+    existed get it computed from their cell against today's profile defaults (empty when the
+    cell's method or attack is not registered in this process)."""
+    if "variant" in record:
+        return dict(record["variant"] or {})
+    if record.get("status") != "ok" or not record.get("cell"):
+        return {}
+    from wmbench.runner import Cell, cell_variant  # runner imports this module
+
+    try:
+        return cell_variant(Cell.from_dict(record["cell"]))
+    except Exception:  # noqa: BLE001 - an unknown plugin or an old cell layout: no label
+        return {}
+
+
 def record_rows(record: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """The long rows of one cell record."""
     cell = record.get("cell", {})
@@ -127,6 +143,9 @@ def record_rows(record: Mapping[str, Any]) -> List[Dict[str, Any]]:
         "skipped_reason": record.get("skipped_reason", ""),
         "method_params_hash": record.get("method_params_hash", ""),
         "attack_params_hash": record.get("attack_params_hash", ""),
+        # what the cell changes against its profile's defaults (wmbench.runner.cell_variant)
+        "method_variant": _variant(record).get("method", ""),
+        "attack_variant": _variant(record).get("attack", ""),
         "started_at": record.get("started_at", ""),
         "wall_s": record.get("wall_s", float("nan")),
         "queries": record.get("queries", 0),

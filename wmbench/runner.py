@@ -214,6 +214,45 @@ def _keys_from(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> 
                                meta.get("keys_meta", {}))
 
 
+def _diff(values: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str, skip: Sequence[str]) -> List[str]:
+    def show(v: Any) -> str:
+        return v if isinstance(v, str) else canonical_json(v)
+
+    return [f"{prefix}{k}={show(v)}" for k, v in sorted(values.items())
+            if f"{prefix}{k}" not in skip and (k not in defaults or canonical_json(v) != canonical_json(defaults[k]))]
+
+
+def cell_variant(cell: Cell) -> Dict[str, str]:
+    """What the cell changes against its profile's defaults, as readable ``key=value`` lists:
+    ``method`` (method options, plus ``train.*``, ``data.*``, ``verify.*``, ``keys.*`` and
+    dataset options, all of which change the victim) and ``attack`` (the attack options but
+    ``labels``; ``stage.key=value`` in a chain). Swept keys are left out (the sweep labels them).
+    Reports use these to tell apart cells of one method or attack run with different ``--set``
+    values instead of averaging them."""
+    defaults = build_settings(cell.profile)
+    swept = [k.partition(".")[2] if k.startswith(("methods.", "attacks.")) else k for k in cell.sweep]
+    swept_method = [k.partition(".")[2] for k in swept if k.startswith(f"{cell.method}.")]
+    method_cls = METHODS.get(cell.method)
+    method = _diff(cell.method_config, config_to_dict(defaults.component("methods", cell.method, method_cls.Config)),
+                   "", swept_method)
+    for section, values, base in (("train", cell.train, config_to_dict(defaults.train)),
+                                  ("data", cell.data, _data_identity(defaults)),
+                                  ("verify", cell.verify, config_to_dict(defaults.verify)),
+                                  ("keys", cell.keys, config_to_dict(defaults.keys)),
+                                  (f"datasets.{cell.dataset}", cell.dataset_options, {})):
+        method += _diff(values, base, f"{section}.", list(cell.sweep))
+    attack: List[str] = []
+    stages = cell.attack_stages
+    for name, config in zip(stages, cell.attack_configs):
+        if name == "none":
+            continue
+        base = config_to_dict(defaults.component("attacks", name, ATTACKS.get(name).Config))
+        prefix = f"{name}." if len(stages) > 1 else ""
+        swept_attack = [prefix + k.partition(".")[2] for k in swept if k.startswith(f"{name}.")]
+        attack += _diff({k: v for k, v in config.items() if k != "labels"}, base, prefix, swept_attack)
+    return {"method": ",".join(method), "attack": ",".join(attack)}
+
+
 def watermark_summary(keys: KeySet, max_list: int = 32, max_str: int = 160) -> Dict[str, Any]:
     """The facts a reader of a cell needs about its watermark: key-set sizes and the short,
     JSON-able entries of ``keys.meta`` (target label, source classes, trigger source...).
@@ -541,7 +580,8 @@ def run_cell(cell_dict: Mapping[str, Any], opts_dict: Mapping[str, Any]) -> Dict
                  cell.dataset, cell.seed, cell.profile, cell.sweep_label)
         try:
             metrics, queries, device, curve, watermark = _evaluate_cell(cell, opts)
-            record.update(status="ok", metrics=metrics, queries=queries, curve=curve, watermark=watermark)
+            record.update(status="ok", metrics=metrics, queries=queries, curve=curve, watermark=watermark,
+                          variant=cell_variant(cell))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # recorded, shown by `wmbench show`, retried on the next run
