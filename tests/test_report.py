@@ -339,3 +339,26 @@ def test_latex_escapes_text_in_every_column():
     assert "dfms\\_hl" in body and "pre\\_randcrop" in body and "crop\\_ratio" in body
     assert re.search(r"(?<!\\)_", body) is None
     assert "$99.50$" in body or "99.5" in body
+
+
+def test_table2_keeps_stealing_attacks_and_the_removal_table_the_rest(results, tmp_path):
+    extra = []
+    for attack, labels in (("ftal", ""), ("knockoff+ftal", "soft"), ("knockoff+jbda", "soft+hard"),
+                           ("independent", ""), ("knockoff[budget=500]", "soft")):
+        cell = f"deeptracer-{attack}-{labels}-0"
+        for metric, value in (("acc", 0.8), ("wsr", 0.5)):
+            extra.append(_row(cell, "deeptracer", attack, labels, 0, "attack", metric, value))
+    frame = pd.concat([results, pd.DataFrame(extra)], ignore_index=True)
+    assert report.attack_family("knockoff+jbda") == "stealing"
+    assert report.attack_family("knockoff[budget=500]") == "stealing"
+    assert report.attack_family("knockoff+ftal") == "other" and report.attack_family("ftal") == "other"
+    assert report.attack_family("independent") == "null" and report.attack_family("no_such_attack") == "other"
+    t2 = " ".join(report.table2(frame).columns)
+    assert "knockoff_soft_wsr" in t2 and "knockoff+jbda_soft+hard_wsr" in t2 and "knockoff[budget=500]" in t2
+    assert "ftal" not in t2 and "independent" not in t2
+    removal = " ".join(report.table2(frame, family="other").columns)
+    assert "ftal_wsr_mean" in removal and "knockoff+ftal_soft_wsr_mean" in removal
+    assert "knockoff_soft" not in removal and "independent" not in removal
+    written = [p.name for p in report.write_report(frame, tmp_path, formats=("md", "csv"))]
+    assert "table_removal.csv" in written
+    assert "Robustness against removal" in (tmp_path / "report.md").read_text()

@@ -255,6 +255,9 @@ def fpr_table(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     wide = rows.pivot_table(index=["dataset", "model", "method", "attack", "seed"], columns="metric",
                             values="value", aggfunc="mean").reset_index()
+    for metric in ("wsr", "detected"):  # absent from hand-made or foreign results
+        if metric not in wide.columns:
+            wide[metric] = np.nan
     grouped = wide.groupby(["dataset", "model", "method", "attack"], sort=True)
     out = grouped.agg(wsr_mean=("wsr", "mean"), wsr_max=("wsr", "max"), fpr=("detected", "mean"),
                       n_models=("wsr", "size")).reset_index()
@@ -332,8 +335,8 @@ def _wide_stats(long: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
         return pd.DataFrame(columns=[*keys, "n_seeds"])
     stats = long.groupby([*keys, "column"], sort=False)["value"].agg(["mean", "std"])
     means, stds = stats["mean"].unstack("column"), stats["std"].unstack("column")
-    out = pd.concat({name: frame[col] for col in present
-                     for name, frame in ((f"{col}_mean", means), (f"{col}_std", stds))}, axis=1)
+    out = pd.DataFrame({name: frame[col] for col in present  # one block: no fragmentation warnings
+                        for name, frame in ((f"{col}_mean", means), (f"{col}_std", stds))})
     out["n_seeds"] = long.groupby(keys)["seed"].nunique().reindex(out.index).astype(int)
     return _sort_rows(out.reset_index())
 
@@ -384,17 +387,43 @@ def table1(df: pd.DataFrame) -> pd.DataFrame:
     return _wide_stats(long, TABLE1_COLUMNS)
 
 
-def table2(df: pd.DataFrame, metrics: Sequence[str] = ("acc", "wsr")) -> pd.DataFrame:
+def attack_family(attack: str) -> str:
+    """``"stealing"`` when every stage of the (chained, possibly variant-labelled) attack is a
+    registered stealing attack, ``"null"`` for null-model attacks (false-positive controls),
+    ``"other"`` otherwise (removal, evasion, ambiguity, adaptive, chains ending in one of them,
+    and attacks this process does not know)."""
+    from wmbench.registry import ATTACKS
+
+    categories = []
+    for stage in str(attack).split("[", 1)[0].split("+"):
+        try:
+            categories.append(str(ATTACKS.get(stage.strip()).category))
+        except Exception:  # noqa: BLE001 - an unregistered plugin attack
+            categories.append("")
+    if categories and all(c == "stealing" for c in categories):
+        return "stealing"
+    if any(c.startswith("null") for c in categories):
+        return "null"
+    return "other"
+
+
+def table2(df: pd.DataFrame, metrics: Sequence[str] = ("acc", "wsr"), family: Optional[str] = "stealing"
+           ) -> pd.DataFrame:
     """The paper's Table 2 (robustness against stealing): stolen-model metrics per attack.
 
     One row per (dataset, model, method); for every attack present except ``"none"`` and every
     label access it was run with, columns ``<attack>_<labels>_<metric>_mean`` / ``_std``
     (``<attack>_<metric>`` when labels is empty), attacks in the paper's order (jbda, knockoff,
     dfme, then others alphabetically), soft before hard; then ``n_seeds``. Percent for
-    fraction metrics.
+    fraction metrics. ``family`` keeps the attacks of one :func:`attack_family`: ``"stealing"``
+    (the paper's Table 2, the default), ``"other"`` (the removal / evasion table of the
+    report) or None (every attack).
     """
     rows = finished(df)
     rows = rows[(rows["stage"] == "attack") & (rows["attack"] != "none") & rows["metric"].isin(metrics)]
+    if family is not None and not rows.empty:
+        families = {a: attack_family(a) for a in rows["attack"].unique()}
+        rows = rows[rows["attack"].map(families) == family]
     per_seed = _per_seed(rows, [*KEYS, "attack", "labels"])
     if per_seed.empty:
         return _wide_stats(pd.DataFrame(), ())
@@ -769,9 +798,14 @@ def _sections(df: pd.DataFrame, compare: Optional[str] = None) -> List[_Section]
     sections = [_Section("table1", "Table 1: harmlessness and effectiveness (%)", t1)]
     if not t2.empty:
         sections.append(_Section("table2", "Table 2: robustness against model stealing (%)", t2))
-        wsr = pivot(rows, metric="wsr", stage="attack")
+    wsr = pivot(rows, metric="wsr", stage="attack")
+    if not wsr.empty:
         sections.append(_Section("wsr_pivot", "WSR after attack, method x attack/labels (%)", wsr,
                                  {b: "max" for b in _value_columns(wsr)}))
+    removal = table2(rows, family="other")
+    if not removal.empty:
+        sections.append(_Section("removal", "Robustness against removal, evasion, ambiguity and adaptive attacks "
+                                 "(on the victim, or chained after stealing) (%)", removal))
     effect = filter_table(df)
     if not effect.empty:
         sections.append(_Section("filter", "Key filtering: WSR on filtered keys vs unfiltered candidates (%)",
@@ -799,7 +833,8 @@ def _render_sections(sections: List[_Section], fmt: str, standalone: bool) -> st
                     "(std only with more than one seed).\n\n" + body)
         return body
     if kind == "latex":
-        labels = {"table1": "tab:wmbench-table1", "table2": "tab:wmbench-table2", "wsr_pivot": "tab:wmbench-wsr"}
+        labels = {"table1": "tab:wmbench-table1", "table2": "tab:wmbench-table2", "wsr_pivot": "tab:wmbench-wsr",
+                  "removal": "tab:wmbench-removal"}
         parts = [to_latex(s.table, s.title, labels.get(s.key, ""), s.best) for s in sections]
         body = "\n".join(parts) if parts else f"{NO_CELLS}\n"
         return latex_document(body) if standalone else body
@@ -839,7 +874,8 @@ def write_report(
     """Write the report files into ``out_dir`` (created if missing) and return their paths.
 
     ``md`` -> ``report.md``; ``latex`` -> ``report.tex`` (standalone document); ``csv`` ->
-    ``table1.csv`` and ``table2.csv`` (percent, full precision; header only when empty);
+    ``table1.csv`` and ``table2.csv`` (percent, full precision; header only when empty), and
+    ``table_removal.csv`` when removal / evasion attacks ran;
     ``html`` -> ``report.html``. Each file is written atomically. With curve rows (attack-strength
     sweeps), ``csv`` also writes ``curves.csv`` and every call writes the figures of
     :func:`wmbench.figures.write_figures` (``figures/curve_*.png`` and ``.pdf``).
@@ -862,6 +898,8 @@ def write_report(
             for key in ("table1", "table2"):
                 table = tables.get(key, pd.DataFrame(columns=[*KEYS, "n_seeds"]))
                 written.append(_atomic_write(out / f"{key}.csv", to_csv(table)))
+            if "removal" in tables:
+                written.append(_atomic_write(out / "table_removal.csv", to_csv(tables["removal"])))
         else:
             written.append(_atomic_write(out / names[kind], _render_sections(sections, kind, standalone=True)))
     # Figures (wmbench.figures): one PNG and one PDF per attack-strength sweep, in OUT/figures/;
