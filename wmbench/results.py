@@ -128,6 +128,7 @@ def record_rows(record: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """The long rows of one cell record."""
     cell = record.get("cell", {})
     prov = record.get("provenance", {})
+    variant = _variant(record)
     base = {
         "run": record.get("run", ""),
         "cell_id": record["cell_id"],
@@ -144,8 +145,8 @@ def record_rows(record: Mapping[str, Any]) -> List[Dict[str, Any]]:
         "method_params_hash": record.get("method_params_hash", ""),
         "attack_params_hash": record.get("attack_params_hash", ""),
         # what the cell changes against its profile's defaults (wmbench.runner.cell_variant)
-        "method_variant": _variant(record).get("method", ""),
-        "attack_variant": _variant(record).get("attack", ""),
+        "method_variant": variant.get("method", ""),
+        "attack_variant": variant.get("attack", ""),
         "started_at": record.get("started_at", ""),
         "wall_s": record.get("wall_s", float("nan")),
         "queries": record.get("queries", 0),
