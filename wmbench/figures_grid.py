@@ -67,15 +67,22 @@ def _threshold(rows: pd.DataFrame) -> float:
 # Heat-map of stolen WSR over method × attack
 # --------------------------------------------------------------------------------------------
 
-def heatmap_frame(df: Optional[pd.DataFrame]) -> Dict[Tuple[str, str], pd.DataFrame]:
+def heatmap_frame(df: Optional[pd.DataFrame], family: Optional[str] = "stealing") -> Dict[Tuple[str, str], pd.DataFrame]:
     """``{(dataset, model): method × attack table}`` of the attacked models' WSR in percent
-    (mean over seeds; swept cells labelled as in the report tables; NaN where not run)."""
-    from wmbench.report import ATTACK_ORDER, METHOD_ORDER, LABELS_ORDER, finished
+    (mean over seeds; swept cells labelled as in the report tables; NaN where not run).
+    ``family``: the attacks of one :func:`wmbench.report.attack_family` (``"stealing"``, the
+    default, or ``"other"`` for removal / evasion attacks), or None for all."""
+    from wmbench.report import ATTACK_ORDER, METHOD_ORDER, LABELS_ORDER, attack_family, finished
 
     rows = finished(df) if df is not None else pd.DataFrame()
     if rows.empty:
         return {}
     rows = rows[(rows["stage"] == "attack") & (rows["attack"] != "none")]
+    if family is not None and not rows.empty:
+        families = {a: attack_family(a) for a in rows["attack"].unique()}
+        rows = rows[rows["attack"].map(families) == family]
+    if rows.empty:
+        return {}
     rows = rows.assign(column=[f"{a}/{lab}" if lab else a for a, lab in zip(rows["attack"], rows["labels"])])
     out: Dict[Tuple[str, str], pd.DataFrame] = {}
     for (dataset, model), attacked in rows.groupby(["dataset", "model"], sort=True):
@@ -109,18 +116,23 @@ def _natural(text: str) -> Tuple[Tuple[int, Any], ...]:
     return tuple((0, float(p)) if i % 2 else (1, p) for i, p in enumerate(parts) if p != "")
 
 
-def wsr_heatmap(table: pd.DataFrame, title: str = "", threshold: float = DEFAULT_THRESHOLD):
-    """A matplotlib Figure: the method × attack WSR table as an annotated heat-map (0–100 %)."""
+def wsr_heatmap(table: pd.DataFrame, title: str = "", threshold: float = DEFAULT_THRESHOLD,
+                xlabel: str = "attack / label access", ylabel: str = "watermark method",
+                value_label: str = "stolen-model WSR (%)"):
+    """A matplotlib Figure: the method × attack WSR table as an annotated heat-map (0–100 %)
+    (pass the transpose, with the labels swapped, for attack × method)."""
     import seaborn as sns
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     n_rows, n_cols = table.shape
-    fig = Figure(figsize=(max(4.5, 1.3 * n_cols + 3.0), max(2.6, 0.55 * n_rows + 1.6)), layout="constrained")
+    label_chars = max((len(str(i)) for i in table.index), default=0)  # room for the row labels
+    fig = Figure(figsize=(max(4.5, 1.3 * n_cols + 3.0 + 0.08 * label_chars), max(2.6, 0.55 * n_rows + 1.6)),
+                 layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     sns.heatmap(table.astype(float), ax=ax, vmin=0, vmax=100, cmap="rocket_r", annot=True, fmt=".1f",
-                linewidths=0.5, linecolor="white", cbar_kws={"label": "stolen-model WSR (%)"},
+                linewidths=0.5, linecolor="white", cbar_kws={"label": value_label},
                 mask=table.isna())
     # Mark the cells where the verdict is still "stolen" (WSR at or above the threshold).
     for i, method in enumerate(table.index):
@@ -128,8 +140,8 @@ def wsr_heatmap(table: pd.DataFrame, title: str = "", threshold: float = DEFAULT
             value = table.loc[method, column]
             if pd.notna(value) and value >= threshold:
                 ax.add_patch(_rectangle(j, i))
-    ax.set_xlabel("attack / label access")
-    ax.set_ylabel("watermark method")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.tick_params(axis="x", labelrotation=30)
     ax.tick_params(axis="y", labelrotation=0)
     ax.set_title(title + ("\n" if title else "") + f"boxed: WSR ≥ threshold {threshold:g}% (ownership claimed)",
@@ -279,8 +291,9 @@ def write_grid_figures(df: Optional[pd.DataFrame], out_dir: str | Path,
     """Write the heat-maps and sweep figures into ``out_dir/figures``; return the paths (nothing
     is written, and no folder created, when the run has neither attack cells nor sweeps)."""
     heatmaps = heatmap_frame(df)
+    removal = heatmap_frame(df, family="other")
     sweeps = sweep_groups(sweep_frame(df))
-    if not heatmaps and not sweeps:
+    if not heatmaps and not removal and not sweeps:
         return []
     folder = Path(out_dir) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
@@ -292,6 +305,13 @@ def write_grid_figures(df: Optional[pd.DataFrame], out_dir: str | Path,
         fig = wsr_heatmap(table, title=f"{dataset} ({model}): stolen-model WSR (%), mean over seeds",
                           threshold=threshold)
         written += _save(fig, folder, f"heatmap_wsr_{_slug(dataset)}_{_slug(model)}", formats)
+    for (dataset, model), table in removal.items():  # attacks as rows: there are many of them
+        if table.empty:
+            continue
+        fig = wsr_heatmap(table.T, title=f"{dataset} ({model}): WSR after removal / evasion attacks (%)",
+                          threshold=threshold, xlabel="watermark method", ylabel="attack / label access",
+                          value_label="WSR after the attack (%)")
+        written += _save(fig, folder, f"heatmap_wsr_removal_{_slug(dataset)}_{_slug(model)}", formats)
     for (dataset, model, attack, labels, key), rows in sweeps:
         what = "victim" if attack == "none" else f"{attack}{'/' + labels if labels else ''}"
         fig = sweep_figure(rows, title=f"{dataset} ({model}): {what} — sweep of {key}")
@@ -326,8 +346,10 @@ def figures_latex(pdfs: Iterable[Path], out_dir: str | Path) -> str:
     from wmbench.report import latex_escape
 
     parts = []
-    for p in pdfs:
+    for index, p in enumerate(pdfs):
         rel = Path(p).relative_to(out_dir).as_posix()
+        if index and index % 6 == 0:  # flush: a section of floats only would exceed LaTeX's float queue
+            parts.append("\\clearpage")
         parts.append("\n".join(["\\begin{figure}[htbp]", "\\centering",
                                 f"\\includegraphics[width=\\linewidth,height=0.4\\textheight,keepaspectratio]{{{rel}}}",
                                 f"\\caption{{{latex_escape(_caption(Path(p)))}}}", "\\end{figure}"]))

@@ -687,6 +687,10 @@ def to_markdown(table: pd.DataFrame, tablefmt: str = "github") -> str:
     return tabulate(shown, headers="keys", tablefmt=tablefmt, showindex=False, disable_numparse=True)
 
 
+#: Tables with more rows than this are rendered as a ``longtable`` (breaks across pages).
+LATEX_LONG_ROWS = 40
+
+
 def to_latex(
     table: pd.DataFrame,
     caption: str = "",
@@ -700,22 +704,33 @@ def to_latex(
     and overrides the default rule of :func:`_best_direction`). The caption and all cell text
     are escaped; the label is used verbatim. The tabular sits in a ``\\resizebox`` that shrinks
     it to ``\\linewidth`` when wider (never enlarges), so the preamble needs ``booktabs`` and
-    ``graphicx``.
+    ``graphicx``. Tables longer than :data:`LATEX_LONG_ROWS` rows (e.g. the curves table) are a
+    ``longtable`` in ``\\scriptsize`` instead, which breaks across pages (needs ``longtable``).
     """
     if table.empty:
         return f"\\begin{{center}}{latex_escape(caption)}: {NO_CELLS}\\end{{center}}\n" if caption else NO_CELLS + "\n"
     shown = _display(table, _latex_stat, _latex_number, best)
     text_cols = [c for c in shown.columns if c in KEYS]
     align = "".join("l" if c in text_cols else "r" for c in shown.columns)
-    lines = ["\\begin{table}[htbp]", "\\centering"]
-    if caption:
-        lines.append(f"\\caption{{{latex_escape(caption)}}}")
-    if label:
-        lines.append(f"\\label{{{label}}}")
-    # Shrink (never enlarge) tables wider than the text block.
-    lines.append("\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%")
-    lines += [f"\\begin{{tabular}}{{{align}}}", "\\toprule",
-              " & ".join(latex_escape(c) for c in shown.columns) + r" \\", "\\midrule"]
+    header = " & ".join(latex_escape(c) for c in shown.columns) + r" \\"
+    long = len(shown) > LATEX_LONG_ROWS
+    if long:  # taller than a page: a longtable breaks across pages (a float would not fit)
+        lines = ["{\\scriptsize\\setlength{\\tabcolsep}{3pt}", f"\\begin{{longtable}}{{{align}}}"]
+        if caption or label:
+            lines.append((f"\\caption{{{latex_escape(caption)}}}" if caption else "")
+                         + (f"\\label{{{label}}}" if label else "") + r" \\")
+        lines += ["\\toprule", header, "\\midrule", "\\endfirsthead",
+                  "\\toprule", header, "\\midrule", "\\endhead",
+                  "\\bottomrule", "\\endlastfoot"]
+    else:
+        lines = ["\\begin{table}[htbp]", "\\centering"]
+        if caption:
+            lines.append(f"\\caption{{{latex_escape(caption)}}}")
+        if label:
+            lines.append(f"\\label{{{label}}}")
+        # Shrink (never enlarge) tables wider than the text block.
+        lines.append("\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%")
+        lines += [f"\\begin{{tabular}}{{{align}}}", "\\toprule", header, "\\midrule"]
     previous = None
     for position, (_, row) in enumerate(shown.iterrows()):
         dataset = row.get("dataset")
@@ -726,7 +741,10 @@ def to_latex(
             cells[list(shown.columns).index("dataset")] = ""
         lines.append(" & ".join(cells) + r" \\")
         previous = dataset
-    lines += ["\\bottomrule", "\\end{tabular}%", "}", "\\end{table}"]
+    if long:
+        lines += ["\\end{longtable}}"]
+    else:
+        lines += ["\\bottomrule", "\\end{tabular}%", "}", "\\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -737,6 +755,7 @@ def latex_document(body: str, title: str = "wmbench report") -> str:
         "\\usepackage[utf8]{inputenc}",
         "\\usepackage{booktabs}",
         "\\usepackage{graphicx}",
+        "\\usepackage{longtable}",
         "\\begin{document}",
         f"\\section*{{{latex_escape(title)}}}",
         "Values in \\%; mean $\\pm$ std over seeds (std only with more than one seed).",
