@@ -72,15 +72,12 @@ def heatmap_frame(df: Optional[pd.DataFrame], family: Optional[str] = "stealing"
     (mean over seeds; swept cells labelled as in the report tables; NaN where not run).
     ``family``: the attacks of one :func:`wmbench.report.attack_family` (``"stealing"``, the
     default, or ``"other"`` for removal / evasion attacks), or None for all."""
-    from wmbench.report import ATTACK_ORDER, METHOD_ORDER, LABELS_ORDER, attack_family, finished
+    from wmbench.report import ATTACK_ORDER, METHOD_ORDER, LABELS_ORDER, finished, of_family
 
     rows = finished(df) if df is not None else pd.DataFrame()
     if rows.empty:
         return {}
-    rows = rows[(rows["stage"] == "attack") & (rows["attack"] != "none")]
-    if family is not None and not rows.empty:
-        families = {a: attack_family(a) for a in rows["attack"].unique()}
-        rows = rows[rows["attack"].map(families) == family]
+    rows = of_family(rows[(rows["stage"] == "attack") & (rows["attack"] != "none")], family)
     if rows.empty:
         return {}
     rows = rows.assign(column=[f"{a}/{lab}" if lab else a for a, lab in zip(rows["attack"], rows["labels"])])

@@ -407,6 +407,15 @@ def attack_family(attack: str) -> str:
     return "other"
 
 
+def of_family(rows: pd.DataFrame, family: Optional[str]) -> pd.DataFrame:
+    """The rows whose ``attack`` is of :func:`attack_family` ``family`` (all rows when None);
+    each distinct attack name is classified once."""
+    if family is None or rows.empty:
+        return rows
+    families = {a: attack_family(a) for a in rows["attack"].unique()}
+    return rows[rows["attack"].map(families) == family]
+
+
 def table2(df: pd.DataFrame, metrics: Sequence[str] = ("acc", "wsr"), family: Optional[str] = "stealing"
            ) -> pd.DataFrame:
     """The paper's Table 2 (robustness against stealing): stolen-model metrics per attack.
@@ -420,10 +429,8 @@ def table2(df: pd.DataFrame, metrics: Sequence[str] = ("acc", "wsr"), family: Op
     report) or None (every attack).
     """
     rows = finished(df)
-    rows = rows[(rows["stage"] == "attack") & (rows["attack"] != "none") & rows["metric"].isin(metrics)]
-    if family is not None and not rows.empty:
-        families = {a: attack_family(a) for a in rows["attack"].unique()}
-        rows = rows[rows["attack"].map(families) == family]
+    rows = of_family(rows[(rows["stage"] == "attack") & (rows["attack"] != "none") & rows["metric"].isin(metrics)],
+                     family)
     per_seed = _per_seed(rows, [*KEYS, "attack", "labels"])
     if per_seed.empty:
         return _wide_stats(pd.DataFrame(), ())
