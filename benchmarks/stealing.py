@@ -172,7 +172,8 @@ def memory(copy: bool, repeats: int = 3) -> None:
           f"| rise, glibc default, {repeats} runs: min / median / max (MB) | rise, fixed mmap threshold (MB) |")
     print("|---|---|---|---|---|---|---|")
     fixed: Dict[tuple, float] = {}
-    for mode in (["stream", "copy"] if copy else ["stream"]):
+    modes = ["stream", "copy"] if copy else ["stream"]
+    for mode in modes:
         label = "streaming (wmbench)" if mode == "stream" else "copy of the queried images"
         for size in POOL_SIZES:
             runs = sorted(_child(mode, size, {})["rise"] for _ in range(repeats))
@@ -183,7 +184,7 @@ def memory(copy: bool, repeats: int = 3) -> None:
                   f"| {mb(r['rise']):.0f} |", flush=True)
     print()
     lo, hi = POOL_SIZES
-    for mode in (["stream", "copy"] if copy else ["stream"]):
+    for mode in modes:
         slope = (fixed[(mode, hi)] - fixed[(mode, lo)]) / (hi - lo)
         print(f"{mode}: {slope:.0f} bytes held per extra pool image under the fixed threshold "
               f"(one 28x28 float image = 3136 bytes, one output + index = 48 bytes)")
