@@ -17,7 +17,7 @@ from wmbench.config import (
 )
 from wmbench.errors import UserError
 from wmbench.methods.badnets import BadNetsConfig
-from wmbench.runner import Cell
+from wmbench.cell import Cell
 
 ALL_SECTIONS = ("data", "train", "verify", "keys", "model", "methods", "attacks", "datasets")
 
@@ -564,7 +564,7 @@ def test_cell_id_same_in_subprocess():
     cell = _cell()
     code = (
         "import json, sys\n"
-        "from wmbench.runner import Cell\n"
+        "from wmbench.cell import Cell\n"
         "print(Cell.from_dict(json.loads(sys.stdin.read())).cell_id)\n"
     )
     import json
@@ -579,7 +579,7 @@ def test_watermark_summary_keeps_short_facts_only():
     import torch
 
     from wmbench.api import KeySet
-    from wmbench.runner import watermark_summary
+    from wmbench.evaluate import watermark_summary
 
     x = torch.zeros(3, 1, 4, 4)
     keys = KeySet(x, torch.tensor([4, 4, 4]), x[:2], torch.tensor([4, 4]),
@@ -593,7 +593,8 @@ def test_watermark_summary_keeps_short_facts_only():
 
 def test_cell_variant_names_what_differs_from_the_profile():
     from wmbench.config import build_settings, parse_set
-    from wmbench.runner import cell_variant, plan
+    from wmbench.cell import cell_variant
+    from wmbench.plan import plan
 
     def variants(items, attacks=("knockoff",), sweep=None):
         settings = build_settings("smoke", parse_set(list(items)))

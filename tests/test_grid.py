@@ -1,4 +1,4 @@
-"""The grid scheduler (wmbench.scheduler), resume, failure isolation, Ray, and the report files.
+"""The grid planner, task graph and executors (wmbench.plan, wmbench.tasks, wmbench.executor), resume, failure isolation, Ray, and the report files.
 
 Golden files (tests/golden/grid_*) hold the report rendered from the fixed results table of
 :func:`_golden_records`; after an intended change of the report's format regenerate them with
@@ -26,8 +26,11 @@ from conftest import PLUGIN_DIR
 from wmbench import report
 from wmbench.errors import UserError
 from wmbench.results import to_frame
-from wmbench.runner import plan_run, run
-from wmbench.scheduler import RayBackend, build_graph
+from wmbench.executor import RayBackend
+from wmbench.plan import plan_run as plan_spec
+from wmbench.runner import run
+from wmbench.spec import GridSpec
+from wmbench.tasks import build_graph
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +53,11 @@ def _wmbench(*args: str) -> List[str]:
 
 def _cells(out: Path) -> Dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+
+
+def plan_run(*args, **fields):
+    """Plan the grid of ``GridSpec.of(*args, **fields)`` (writes nothing)."""
+    return plan_spec(GridSpec.of(*args, **fields))
 
 
 def _lines(path: Path, prefix: str) -> List[str]:
@@ -380,7 +388,7 @@ def test_golden_table_values(golden_frame):
 
 
 def test_grid_figures_and_self_contained_report(golden_frame, tmp_path):
-    from wmbench.figures_grid import heatmap_frame, parse_sweep, sweep_frame
+    from wmbench.report.figures_grid import heatmap_frame, parse_sweep, sweep_frame
 
     assert parse_sweep("attacks.knockoff.budget=500,train.epochs=3") == {"attacks.knockoff.budget": 500.0,
                                                                          "train.epochs": 3.0}

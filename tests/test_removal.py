@@ -11,9 +11,10 @@ from wmbench.api import AttackContext
 from wmbench.cache import ArtifactStore
 from wmbench.config import TrainConfig, VerifyConfig, resolve
 from wmbench.data import load_data
-from wmbench.figures import curve_frame, write_figures
 from wmbench.models import build_model
 from wmbench.registry import ATTACKS
+from wmbench.report.figures import write_figures
+from wmbench.report.tables import curve_frame
 from wmbench.runner import run
 from wmbench.training import fit
 

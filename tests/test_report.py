@@ -364,7 +364,7 @@ def test_table2_keeps_stealing_attacks_and_the_removal_table_the_rest(results, t
     assert "Robustness against removal" in (tmp_path / "report.md").read_text()
     # the removal attacks get their own heat-map; the stealing one keeps only stealing attacks
     assert "heatmap_wsr_removal_fmnist_naivenet.png" in written and "heatmap_wsr_fmnist_naivenet.png" in written
-    from wmbench.figures_grid import heatmap_frame
+    from wmbench.report.figures_grid import heatmap_frame
 
     assert "ftal" not in " ".join(heatmap_frame(frame)[("fmnist", "naivenet")].columns)
 
@@ -376,7 +376,7 @@ def test_long_tables_become_longtables_and_figures_are_flushed():
     assert "\\begin{longtable}" in text and "\\endhead" in text and "\\begin{table}" not in text
     assert "\\begin{table}" in report.to_latex(long.head(5), "Short")
     assert "\\usepackage{longtable}" in report.latex_document(text)
-    from wmbench.figures_grid import figures_latex
+    from wmbench.report.figures_grid import figures_latex
 
     tex = figures_latex([Path(f"/r/figures/f{i}.pdf") for i in range(13)], "/r")
     assert tex.count("\\clearpage") == 2 and tex.count("\\begin{figure}") == 13

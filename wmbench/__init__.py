@@ -1,9 +1,12 @@
-"""wmbench: a benchmark harness for DNN black-box watermarks under stealing and removal attacks."""
-__version__ = "0.1.0"
+"""wmbench: a benchmark harness for DNN black-box watermarks under stealing and removal attacks.
 
+The package's public facade; every submodule imports what it needs from its siblings, never
+from here (``ARCHITECTURE.md``)."""
 from typing import Any
 
-__all__ = ["__version__", "run", "results", "report", "registry"]
+from wmbench.version import __version__
+
+__all__ = ["__version__", "run", "GridSpec", "results", "report", "registry"]
 
 
 def run(*args: Any, **kwargs: Any):
@@ -14,8 +17,10 @@ def run(*args: Any, **kwargs: Any):
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("results", "report", "registry", "runner", "config"):
-        import importlib
+    import importlib
 
+    if name == "GridSpec":
+        return importlib.import_module("wmbench.spec").GridSpec
+    if name in ("results", "report", "registry", "runner", "config", "spec", "tune"):
         return importlib.import_module(f"wmbench.{name}")
     raise AttributeError(f"module 'wmbench' has no attribute {name!r}")

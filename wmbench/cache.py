@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
-from wmbench import __version__
+from wmbench.version import __version__
 from wmbench.config import canonical_json, stable_hash
 from wmbench.errors import CorruptArtifact
 

@@ -7,17 +7,19 @@ exits with code 2 before anything is written.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-from wmbench import __version__
+from wmbench.version import __version__
 from wmbench.config import PROFILE_NAMES, config_to_dict, resolve
 from wmbench.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from wmbench.spec import GridSpec
 
 log = logging.getLogger("wmbench")
 
@@ -140,22 +142,34 @@ def summary_table(frame) -> str:
     return "\n".join(lines) if lines else "no cells"
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from wmbench.runner import default_executor, run
+def grid_spec(args: argparse.Namespace, **fields: Any) -> "GridSpec":
+    """The :class:`~wmbench.spec.GridSpec` of a ``run`` or ``tune`` command line."""
+    from wmbench.spec import GridSpec
 
-    frame = run(
-        args.methods, args.attacks, args.datasets, seeds=args.seeds, profile=args.profile, overrides=args.overrides, sweeps=args.sweeps,
+    return GridSpec.of(
+        args.methods, args.attacks, args.datasets, seeds=args.seeds, profile=args.profile, overrides=args.overrides,
         config=args.config, data_root=args.data_root, download=args.download, out=args.out, cache_dir=args.cache_dir,
-        executor=args.executor or default_executor(cli=True), ray_address=args.ray_address,
-        cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell, retries=args.retries,
-        overwrite=args.overwrite, plugins=args.plugin, device=args.device,
-        progress=False if args.no_progress else None, on_record=_announce,
-    )
-    print(summary_table(frame))
-    from wmbench.runner import default_run_dir
-    from wmbench.registry import DATASETS
+        ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell,
+        retries=args.retries, overwrite=args.overwrite, plugins=args.plugin, device=args.device,
+        progress=False if args.no_progress else None, **fields)
 
-    out = args.out or default_run_dir(DATASETS.resolve_list(args.datasets), args.profile)
+
+def _out_folder(spec: "GridSpec") -> Path:
+    """The run folder as the user wrote it (``--out``), or the default one (relative)."""
+    from wmbench.registry import DATASETS
+    from wmbench.spec import default_run_dir
+
+    return Path(spec.out) if spec.out else default_run_dir(DATASETS.resolve_list(list(spec.datasets)), spec.profile)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from wmbench.runner import run
+    from wmbench.spec import default_executor
+
+    spec = grid_spec(args, sweeps=args.sweeps, executor=args.executor or default_executor(cli=True))
+    frame = run(spec, on_record=_announce)
+    print(summary_table(frame))
+    out = _out_folder(spec)
     print(f"\nresults: {out}/results.parquet (and .csv); tables: wmbench report {out}")
     return 1 if (frame["status"] == "failed").any() else 0
 
@@ -175,24 +189,16 @@ def _announce(record: Dict[str, Any]) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from wmbench.scheduler import tune
+    from wmbench.tune import tune
 
-    trials, frame = tune(
-        args.methods, args.attacks, args.datasets, grid=args.grid, seeds=args.seeds, profile=args.profile,
-        overrides=args.overrides, config=args.config, data_root=args.data_root, download=args.download, out=args.out,
-        cache_dir=args.cache_dir, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
-        gpus_per_cell=args.gpus_per_cell, retries=args.retries, overwrite=args.overwrite, plugins=args.plugin,
-        device=args.device, progress=False if args.no_progress else None,
-    )
+    spec = grid_spec(args, sweeps=args.grid)
+    trials, frame = tune(spec)
     shown = trials.copy()
     for col in shown.columns:
         if col.endswith(("_acc", "_wsr", "_fidelity", "_detected")):
             shown[col] = shown[col].map(_pct)
     print(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
-    from wmbench.registry import DATASETS
-    from wmbench.runner import default_run_dir
-
-    out = args.out or default_run_dir(DATASETS.resolve_list(args.datasets), args.profile)
+    out = _out_folder(spec)
     print(f"\ntrials: {out}/tune/ (percent: mean over each trial's cells); tables and figures: wmbench report {out}")
     failed = (frame["status"] == "failed").any() or ("error" in trials.columns and trials["error"].notna().any())
     return 1 if failed else 0
@@ -224,7 +230,7 @@ def _find_cell(cell_id: str, out: Optional[str]) -> Path:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from wmbench.results import read_cell
+    from wmbench.records import read_cell
 
     path = _find_cell(args.cell_id, args.out)
     record = read_cell(path)

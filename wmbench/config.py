@@ -16,6 +16,10 @@ Sections of the config file / ``--set`` keys:
 - ``model.*``     :class:`ModelConfig`
 - ``methods.NAME.*``, ``attacks.NAME.*``  the component's own ``Config``
 - ``datasets.NAME.*``  options passed to a dataset source (e.g. ``datasets.synthetic.num_classes=4``)
+
+Why one module: every shared section, the profile resolution that all of them go through and
+the canonical hashing that names cells and artifacts must agree on one set of rules (types,
+coercion, precedence); split, a change to one rule would have to be made in several files.
 """
 from __future__ import annotations
 

@@ -13,6 +13,9 @@ distribution.
 
 Loaded bundles are memoised in-process; treat their tensors as read-only (copy before
 modifying in place) and call :func:`clear_cache` after changing files on disk.
+
+Why one module: the split, the bundle memo and the format conversion are one contract every
+dataset source relies on (what ``load_data`` returns); they change together.
 """
 from __future__ import annotations
 

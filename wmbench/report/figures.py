@@ -1,15 +1,15 @@
-"""Figures from a results DataFrame: accuracy and WSR against attack strength.
+"""Curve figures: accuracy and WSR against attack strength, one figure per sweep.
 
 Pure functions of the long results frame (:func:`wmbench.results.load`) plus writers that save
 PNG and PDF files with matplotlib's Agg canvas (no display, no global backend change).
 
 Curves come from the ``curve`` rows the runner writes for attacks that return snapshots
 (fine-tuning epochs, pruning rates, quantization bits, preprocessing strengths, ...): one row
-per ``(cell, step_name, step, metric)``. :func:`curve_frame` keeps the finished ones in percent;
-:func:`plot_curve` draws one sweep — two panels, accuracy and WSR against the step, one line per
-watermark method (mean over seeds, ±1 sd band with several seeds), the verification threshold as
-a dashed line on the WSR panel, the victim's accuracy and WSR before the attack as dotted lines —
-and :func:`write_figures` writes one figure per ``(dataset, model, attack, labels, step_name)``
+per ``(cell, step_name, step, metric)``. :func:`wmbench.report.tables.curve_frame` keeps the
+finished ones in percent; :func:`plot_curve` draws one sweep — two panels, accuracy and WSR
+against the step, one line per watermark method (mean over seeds, ±1 sd band with several
+seeds), the verification threshold as a dashed line on the WSR panel, the victim's accuracy and
+WSR before the attack as dotted lines — and :func:`write_figures` writes one figure per ``(dataset, model, attack, labels, step_name)``
 into ``OUT/figures/`` (``curve_<dataset>_<model>_<attack>[_<labels>]_<step_name>.{png,pdf}``).
 """
 from __future__ import annotations
@@ -21,52 +21,22 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from wmbench.report.common import REVERSED_STEPS, finished_rows
+from wmbench.report.tables import curve_frame
+
 log = logging.getLogger(__name__)
 
-__all__ = ["curve_frame", "sweep_groups", "plot_curve", "write_figures", "REVERSED_STEPS", "CURVE_KEYS"]
-
-#: Steps whose *smaller* values are the stronger attack; their x axis is inverted so strength
-#: grows from left to right (bit widths, grey levels, crop scales).
-REVERSED_STEPS = frozenset({"bits", "levels", "scale"})
+__all__ = ["sweep_groups", "plot_curve", "write_figures", "CURVE_KEYS"]
 
 #: Columns identifying one sweep (one figure).
 CURVE_KEYS: Tuple[str, ...] = ("dataset", "model", "attack", "labels", "step_name")
 
-_PERCENT = frozenset({"acc", "wsr", "fidelity", "ci_low", "ci_high", "key_flag_rate"})
 _LABELS = {"acc": "accuracy (%)", "wsr": "WSR (%)"}
 
 
-def _finished_rows(df: Optional[pd.DataFrame], stage: Optional[str]) -> pd.DataFrame:
-    """Finished rows of ``stage`` (all stages when None) with the report's normalised labels."""
-    from wmbench.report import finished  # the same cleaning and sweep labelling as the tables
-
-    if df is None or df.empty or "stage" not in df.columns:
-        return pd.DataFrame()
-    rows = df if stage is None else df[df["stage"] == stage]
-    if stage == "curve":  # report.finished() drops curve rows; rename the stage to keep them
-        rows = rows.assign(stage="curve_point")
-    out = finished(rows)
-    if stage == "curve" and not out.empty:
-        out = out.assign(stage="curve")
-    return out
-
-
-def curve_frame(df: Optional[pd.DataFrame]) -> pd.DataFrame:
-    """The finished curve rows: columns ``dataset, model, method, attack, labels, seed, step_name,
-    step, metric, value`` with fractions in percent (swept cells labelled as in the report)."""
-    rows = _finished_rows(df, "curve")
-    cols = ["dataset", "model", "method", "attack", "labels", "seed", "step_name", "step", "metric", "value"]
-    if rows.empty or "step_name" not in rows.columns:
-        return pd.DataFrame(columns=cols)
-    rows = rows[rows["step_name"].fillna("").astype(str) != ""]
-    rows = rows.assign(step=pd.to_numeric(rows["step"], errors="coerce"))
-    rows = rows[rows["step"].notna()]
-    value = rows["value"].where(~rows["metric"].isin(_PERCENT), rows["value"] * 100.0)
-    return rows.assign(value=value)[cols].reset_index(drop=True)
-
-
 def sweep_groups(curves: pd.DataFrame) -> List[Tuple[Tuple[str, ...], pd.DataFrame]]:
-    """``[(key, rows)]`` per sweep, ``key`` = the values of :data:`CURVE_KEYS`, sorted."""
+    """``[(key, rows)]`` per sweep of the :func:`~wmbench.report.tables.curve_frame` rows, ``key``
+    = the values of :data:`CURVE_KEYS`, sorted."""
     if curves.empty:
         return []
     return [(tuple(str(k) for k in key), part) for key, part in curves.groupby(list(CURVE_KEYS), sort=True)]
@@ -74,7 +44,7 @@ def sweep_groups(curves: pd.DataFrame) -> List[Tuple[Tuple[str, ...], pd.DataFra
 
 def _reference(df: Optional[pd.DataFrame], dataset: str, model: str, methods: Iterable[str]) -> pd.DataFrame:
     """The victims' accuracy and WSR before the attack (percent), per method, mean over seeds."""
-    rows = _finished_rows(df, "victim")
+    rows = finished_rows(df, "victim")
     if rows.empty:
         return pd.DataFrame(columns=["method", "metric", "value"])
     rows = rows[(rows["dataset"] == dataset) & (rows["model"] == model) & rows["method"].isin(list(methods))
@@ -90,9 +60,9 @@ def _threshold(rows: pd.DataFrame) -> Optional[float]:
 
 def plot_curve(rows: pd.DataFrame, title: str = "", reference: Optional[pd.DataFrame] = None,
                threshold: Optional[float] = None):
-    """A matplotlib Figure of one sweep (``rows`` from :func:`curve_frame`): accuracy and WSR
-    against the step, one line per method; ``threshold`` (percent) is drawn on the WSR panel,
-    ``reference`` (``method, metric, value``) as dotted pre-attack levels."""
+    """A matplotlib Figure of one sweep (``rows`` from :func:`~wmbench.report.tables.curve_frame`):
+    accuracy and WSR against the step, one line per method; ``threshold`` (percent) is drawn on
+    the WSR panel, ``reference`` (``method, metric, value``) as dotted pre-attack levels."""
     import seaborn as sns
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -31,6 +31,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from wmbench.report.common import ATTACK_ORDER, LABELS_ORDER, METHOD_ORDER, atomic_write, finished, latex_escape
+from wmbench.report.tables import of_family
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -70,10 +73,8 @@ def _threshold(rows: pd.DataFrame) -> float:
 def heatmap_frame(df: Optional[pd.DataFrame], family: Optional[str] = "stealing") -> Dict[Tuple[str, str], pd.DataFrame]:
     """``{(dataset, model): method × attack table}`` of the attacked models' WSR in percent
     (mean over seeds; swept cells labelled as in the report tables; NaN where not run).
-    ``family``: the attacks of one :func:`wmbench.report.attack_family` (``"stealing"``, the
-    default, or ``"other"`` for removal / evasion attacks), or None for all."""
-    from wmbench.report import ATTACK_ORDER, METHOD_ORDER, LABELS_ORDER, finished, of_family
-
+    ``family``: the attacks of one :func:`wmbench.report.tables.attack_family` (``"stealing"``,
+    the default, or ``"other"`` for removal / evasion attacks), or None for all."""
     rows = finished(df) if df is not None else pd.DataFrame()
     if rows.empty:
         return {}
@@ -340,8 +341,6 @@ def figures_html(pngs: Iterable[Path]) -> str:
 
 def figures_latex(pdfs: Iterable[Path], out_dir: str | Path) -> str:
     """LaTeX figure floats including the PDFs (paths relative to ``out_dir``)."""
-    from wmbench.report import latex_escape
-
     parts = []
     for index, p in enumerate(pdfs):
         rel = Path(p).relative_to(out_dir).as_posix()
@@ -362,18 +361,16 @@ def embed_figures(out_dir: str | Path, written: Sequence[Path]) -> None:
     pdfs = sorted(p for p in figures if p.suffix == ".pdf")
     if not pngs and not pdfs:
         return
-    from wmbench.report import _atomic_write
-
     md, html, tex = out / "report.md", out / "report.html", out / "report.tex"
     if md.exists() and pngs and "\n## Figures\n" not in md.read_text(encoding="utf-8"):
-        _atomic_write(md, md.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + figures_markdown(pngs, out))
+        atomic_write(md, md.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + figures_markdown(pngs, out))
     if html.exists() and pngs:
         text = html.read_text(encoding="utf-8")
         if "<h2>Figures</h2>" not in text and "</body>" in text:
             head, _, tail = text.rpartition("</body>")
-            _atomic_write(html, head + figures_html(pngs) + "</body>" + tail)
+            atomic_write(html, head + figures_html(pngs) + "</body>" + tail)
     if tex.exists() and pdfs:
         text = tex.read_text(encoding="utf-8")
         if "\\includegraphics" not in text and "\\end{document}" in text:
             head, _, tail = text.rpartition("\\end{document}")
-            _atomic_write(tex, head.rstrip("\n") + "\n\n\\clearpage\n" + figures_latex(pdfs, out) + "\\end{document}" + tail)
+            atomic_write(tex, head.rstrip("\n") + "\n\n\\clearpage\n" + figures_latex(pdfs, out) + "\\end{document}" + tail)
