@@ -9,7 +9,14 @@ Variants (``variant``): ``clean`` (plain training), ``mixup`` (Zhang et al., ICL
 α = ``alpha``), ``cutmix`` (Yun et al., ICCV 2019, β = ``alpha``), or ``method:NAME`` — a model
 watermarked with another registered method (e.g. ``method:badnets``), an in-distribution
 watermark that is *not* the one being verified. ``arch`` None = the victim's architecture.
-Run e.g. ``--attacks independent --seeds 0,1,2,3,4 --sweep attacks.independent.variant=clean,mixup,cutmix``.
+``epochs`` None = the training schedule's (``train.epochs``; fewer epochs is another recipe), and
+``null_seed`` tells apart several null models of one recipe verified against one victim.
+Run e.g. ``--attacks independent --seeds 0,1,2,3,4 --sweep attacks.independent.variant=clean,mixup,cutmix``,
+or ``wmbench calibrate`` for a calibrated false-positive study.
+
+The null model never queries the victim and knows nothing of its watermark, so its store spec
+leaves the victim out (:func:`wmbench.artifacts.victim_free`): one null model serves the cells of
+every method of the same data, architecture and seed.
 """
 from __future__ import annotations
 
@@ -35,11 +42,15 @@ class IndependentConfig:
     """variant: str = "clean"   clean | mixup | cutmix | method:NAME.
     alpha: float = 1.0          Beta(α, α) mixing parameter for mixup / cutmix.
     arch: str | None = None     None = the victim's architecture.
+    epochs: int | None = None   None = train.epochs.
+    null_seed: int = 0          mixed into the null model's seeds (several models per recipe).
     """
 
     variant: str = "clean"
     alpha: float = 1.0
     arch: Optional[str] = None
+    epochs: Optional[int] = None
+    null_seed: int = 0
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {"smoke": {}, "quick": {}, "paper": {}}
 
@@ -48,8 +59,12 @@ class IndependentConfig:
             raise UserError(f"attacks.independent.variant must be clean, mixup, cutmix or method:NAME, got {self.variant!r}")
         if self.variant.startswith("method:"):
             METHODS.get(self.variant.split(":", 1)[1])
-        if self.alpha <= 0:
+        if not self.alpha > 0:
             raise UserError(f"attacks.independent.alpha must be > 0, got {self.alpha}")
+        if self.epochs is not None and self.epochs < 1:
+            raise UserError(f"attacks.independent.epochs must be 1 or more (or none), got {self.epochs}")
+        if self.null_seed < 0:
+            raise UserError(f"attacks.independent.null_seed must be 0 or more, got {self.null_seed}")
 
 
 def _mix_loss(kind: str, alpha: float, num_classes: int, seed: int):
@@ -89,19 +104,23 @@ class Independent(Attack):
     def run(self, target: Blackbox | nn.Module, ctx: AttackContext) -> AttackOutcome:
         cfg = self.config
         data = ctx.data.attacker
+        if cfg.epochs is not None:
+            ctx = dataclasses.replace(ctx, train=dataclasses.replace(ctx.train, epochs=cfg.epochs))
+        tag = ("independent",) if cfg.null_seed == 0 else ("independent", f"null{cfg.null_seed}")
         if cfg.variant.startswith("method:"):
             name = cfg.variant.split(":", 1)[1]
             method_cls = METHODS.get(name)
             method = method_cls(resolve(method_cls.Config, ctx.profile, section=f"methods.{name}"))
             own = dataclasses.replace(ctx, data=dataclasses.replace(ctx.data, owner=data, test=data),
-                                      arch=cfg.arch or ctx.victim_arch)
+                                      arch=cfg.arch or ctx.victim_arch,
+                                      seed=ctx.seed if cfg.null_seed == 0 else ctx.seed_for(*tag))
             own.benign_provider = None
             model = method.embed(own, method.keygen(own))
             return AttackOutcome(model=model, queries=0)
-        model = ctx.new_model(cfg.arch or ctx.victim_arch, seed=ctx.seed_for("independent", "init"))
-        loss = _mix_loss(cfg.variant, cfg.alpha, ctx.data.num_classes, ctx.seed_for("independent", "mix")) \
+        model = ctx.new_model(cfg.arch or ctx.victim_arch, seed=ctx.seed_for(*tag, "init"))
+        loss = _mix_loss(cfg.variant, cfg.alpha, ctx.data.num_classes, ctx.seed_for(*tag, "mix")) \
             if cfg.variant != "clean" else None
         kwargs = {"loss_fn": loss} if loss is not None else {}
-        ctx.fit(model, tensor_batches(data.x, data.y, batch_size=ctx.train.batch_size), seed=ctx.seed_for("independent"),
+        ctx.fit(model, tensor_batches(data.x, data.y, batch_size=ctx.train.batch_size), seed=ctx.seed_for(*tag),
                 desc=f"independent-{cfg.variant}", **kwargs)
         return AttackOutcome(model=model, queries=0)

@@ -31,7 +31,7 @@ LAYERS: List[List[str]] = [
     ["wmbench.executor"],
     ["wmbench.results"],
     ["wmbench.runner"],
-    ["wmbench.tune"],
+    ["wmbench.tune", "wmbench.calibrate"],
     ["wmbench.report*"],
     ["wmbench.cli"],
     ["wmbench"],

@@ -121,12 +121,24 @@ BAD_INPUTS = [
     (["--data-root", "/nonexistent/wmbench-data"], "/nonexistent/wmbench-data"),
     (["--datasets", "cifar10", "--data-root", "{tmp}"], "cifar-10-batches-py"),
     (["--config", "/nonexistent.yaml"], "config file"),
+    (["--set", "train.lr=nan"], "train.lr must be a finite number"),
+    (["--set", "attacks.knockoff.lr=inf"], "lr must be a finite number"),
+    (["--seeds", "0,0"], "--seeds repeats 0"),
+    (["--cpus-per-cell", "0"], "--cpus-per-cell must be a finite number above 0"),
+    (["--cpus-per-cell", "nan"], "--cpus-per-cell must be a finite number above 0"),
+    (["--gpus-per-cell", "-1"], "--gpus-per-cell must be a finite number at least 0"),
+    (["--retries", "-1"], "--retries must be a whole number, 0 or more"),
+    (["--executor", "bogus"], "invalid choice: 'bogus'"),
+    (["--spare-cpus", "all"], "invalid choice: 'all'"),
+    (["--out", "{tmp}/afile/run"], "afile is a file; give a folder"),
+    (["--cache-dir", "{tmp}/afile"], "afile is a file; give a folder"),
 ]
 
 
 @pytest.mark.parametrize("extra, message", BAD_INPUTS)
 def test_bad_input_one_line_exit_2_nothing_written(extra, message, tmp_path, capsys):
     out_dir = tmp_path / "out"
+    (tmp_path / "afile").write_text("not a folder")
     extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
     argv = ["run", "--methods", "badnets", "--attacks", "none", "--datasets", "fmnist", "--profile", "smoke",
             "--out", str(out_dir), "--no-progress"]

@@ -10,6 +10,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from wmbench import report
 
@@ -211,8 +212,12 @@ def test_compare_paper(results):
     o1, _ = report.compare_paper(report.table1(other), report.table2(other))
     assert o1["paper_benign_wsr"].isna().all() and o1["diff_benign_wsr"].isna().all()
 
+    # Rendered: the paper's figures as a second, italic "paper" row under ours (no extra columns);
+    # CSV keeps the paper_* / diff_* columns.
     md = report.render(results, compare="paper")
-    assert "paper_knockoff_soft_wsr" in md and "38.91" in md and "-3.91" in md
+    assert "*paper*" in md and "*38.91*" in md and "paper_knockoff_soft_wsr" not in md
+    csv = report.render(results, fmt="csv", compare="paper")
+    assert "paper_knockoff_soft_wsr" in csv and "diff_knockoff_soft_wsr" in csv
 
 
 def _latex_rows(latex: str) -> List[List[str]]:
@@ -244,28 +249,37 @@ def test_latex(results):
     names = [h.strip() for h in header.split(" & ")]
     rows = {r[names.index("method")]: r for r in _latex_rows(latex)}
     wsr, benign_wsr = names.index("victim\\_wsr"), names.index("benign\\_wsr")
+    # ± is the half-width of the 95 % t-interval over the 2 seeds: t(0.975, 1) · sd / √2
+    half = lambda a, b: stats.t.ppf(0.975, 1) * np.std([a, b], ddof=1) / np.sqrt(2)  # noqa: E731
+    assert f"{half(99, 100):.2f}" == "6.35"
     assert rows["deeptracer"][wsr] == "\\textbf{\\boldmath$100.00 \\pm 0.00$}"
-    assert "\\textbf" not in rows["badnets"][wsr]
-    assert rows["badnets"][wsr] == "$99.50 \\pm 0.71$"
+    # 99.50 ± 6.35 overlaps 100.00 ± 0: not significantly worse, so both are bold (tied)
+    assert rows["badnets"][wsr] == "\\textbf{\\boldmath$99.50 \\pm 6.35$}"
     assert rows["deeptracer"][benign_wsr].startswith("\\textbf")  # lower is better
-    assert "\\textbf" not in rows["badnets"][benign_wsr]
+    assert rows["badnets"][benign_wsr].startswith("\\textbf")  # 11 ± 12.71 overlaps 0 ± 0
+    # a significant difference: only the best is bold
+    t1_apart = t1.assign(victim_wsr_mean=[50.0, 100.0])
+    rows = {r[names.index("method")]: r for r in _latex_rows(report.to_latex(t1_apart))}
+    assert rows["deeptracer"][wsr].startswith("\\textbf") and not rows["badnets"][wsr].startswith("\\textbf")
 
     document = report.render(results, fmt="latex", standalone=True)
     assert document.startswith("\\documentclass{article}")
     assert "\\usepackage{booktabs}" in document
     assert document.index("\\begin{document}") < document.index("\\begin{tabular}")
     assert document.rstrip().endswith("\\end{document}")
-    assert document.count("\\begin{table}") == 3 and _balanced(document)
+    # Table 1, Table 2 (paper-shaped), the verdict counts, the per-method summary, the leaderboard
+    assert document.count("\\begin{table}") == 5 and _balanced(document)
+    assert "\\usepackage{xcolor}" in document and "\\multicolumn{2}{c}{Benign model}" in document
     assert re.search(r"(?<!\\)_", document) is None
 
 
 def test_markdown_html_csv(results):
     md = report.render(results)
-    for name in ("badnets", "deeptracer", "knockoff_soft_wsr", "Table 1", "Table 2", "91.50 ± 0.71"):
+    for name in ("BadNets", "DeepTracer", "Knockoff Soft WSR", "Table 1", "Table 2", "91.50 ± 6.35", "Verdicts"):
         assert name in md
-    assert "|" in md and "none_" not in md
+    assert "|" in md and "none_" not in md and "None" not in md
     html = report.render(results, fmt="html", standalone=True)
-    assert html.startswith("<!DOCTYPE html>") and html.count("<table") == 3 and "deeptracer" in html
+    assert html.startswith("<!DOCTYPE html>") and html.count("<table") == 5 and "deeptracer" in html
     csv = report.to_csv(report.table1(results))
     assert csv.splitlines()[0].startswith("dataset,model,method,benign_acc_mean,benign_acc_std")
     assert "91.5," in csv
@@ -275,7 +289,7 @@ def test_write_report(results, tmp_path):
     out = tmp_path / "report"
     paths = report.write_report(results, out, compare="paper")
     tables = sorted(p.name for p in paths if p.parent == out)
-    assert tables == sorted(["report.md", "report.tex", "table1.csv", "table2.csv", "report.html"])
+    assert tables == sorted(["report.md", "report.tex", "table1.csv", "table2.csv", "report.html", "verdicts.csv"])
     figures = [p for p in paths if p.parent != out]
     assert figures and all(p.parent == out / "figures" and p.suffix in (".png", ".pdf") for p in figures)
     assert any(p.name.startswith("heatmap_wsr_") for p in figures)
@@ -305,7 +319,8 @@ def test_empty_and_all_failed_frames(results, fmt):
 
 def test_write_report_empty(tmp_path):
     paths = report.write_report(pd.DataFrame(), tmp_path)
-    assert len(paths) == 5
+    assert len(paths) == 6  # report.md/.tex/.html, table1.csv, table2.csv, verdicts.csv (header only)
+    assert pd.read_csv(tmp_path / "verdicts.csv").empty
     assert report.NO_CELLS in (tmp_path / "report.md").read_text()
     assert (tmp_path / "report.tex").read_text().rstrip().endswith("\\end{document}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -24,7 +25,7 @@ from wmbench.config import KeyFilterConfig, TrainConfig, VerifyConfig, resolve
 from wmbench.data import DataBundle
 from wmbench.models import model_from_spec
 from wmbench.plan import RunOptions, load_bundle
-from wmbench.registry import METHODS
+from wmbench.registry import ATTACKS, METHODS
 from wmbench.training import accuracy
 from wmbench.utils import resolve_device, seed_everything
 from wmbench.version import __version__
@@ -74,9 +75,21 @@ def filtered_keys_spec(cell: Cell) -> Dict[str, Any]:
     return {**victim_spec(cell), "keys": cell.keys}
 
 
+def victim_free(cell: Cell) -> bool:
+    """Whether the first stage of the cell's chain needs no access to the victim and knows nothing
+    of its watermark (the ``independent`` null models): what it builds depends on the data, the
+    seed and its own settings only."""
+    attack_cls = ATTACKS.get(cell.attack_stages[0])
+    config = SimpleNamespace(**cell.attack_configs[0]) if cell.attack_configs else None
+    return cell.attack != "none" and not attack_cls.needs_for(config) and not attack_cls.knows_watermark
+
+
 def stage_spec(cell: Cell, index: int) -> Dict[str, Any]:
-    """Store spec of the model stolen by the first ``index + 1`` stages of the cell's chain."""
-    spec: Dict[str, Any] = dict(victim_spec(cell))
+    """Store spec of the model stolen by the first ``index + 1`` stages of the cell's chain.
+
+    A chain whose first stage never touches the victim (:func:`victim_free`) starts from the
+    benign spec, so its models are shared by the cells of every method (the null models)."""
+    spec: Dict[str, Any] = dict(benign_spec(cell) if victim_free(cell) else victim_spec(cell))
     for i, (name, config) in enumerate(zip(cell.attack_stages[:index + 1], cell.attack_configs)):
         spec = {**spec, f"attack{i}": name, f"attack{i}_config": config}
     return spec

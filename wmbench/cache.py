@@ -154,6 +154,7 @@ class ArtifactStore:
             "sha256": _sha256(pt),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "wmbench_version": __version__,
+            "torch_threads": torch.get_num_threads(),  # CPU results can differ in the last bits across counts
         }
         atomic_write_text(js, json.dumps(record, indent=1, sort_keys=True))
         return key

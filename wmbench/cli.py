@@ -1,4 +1,4 @@
-"""The ``wmbench`` command line: ``run``, ``tune``, ``report``, ``show``, ``list``.
+"""The ``wmbench`` command line: ``run``, ``calibrate``, ``tune``, ``report``, ``show``, ``list``.
 
 Bad input (unknown names, malformed ``--set``, missing data, no runnable cell, corrupt result
 files) prints one line ``wmbench: error: ...`` saying what was wrong and what is accepted, and
@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence
 
 from wmbench.version import __version__
 from wmbench.config import PROFILE_NAMES, config_to_dict, resolve
@@ -50,6 +50,9 @@ def _add_grid_args(p: argparse.ArgumentParser) -> None:
                    help="join an existing Ray cluster (default: $RAY_ADDRESS; none: an embedded local instance)")
     p.add_argument("--cpus-per-cell", type=float, default=1.0,
                    help="CPUs per task under Ray; torch uses as many threads (default: 1)")
+    p.add_argument("--spare-cpus", default="share", choices=("share", "none"),
+                   help="share: a task starting while fewer tasks can run than there are CPU slots also gets the "
+                        "idle CPUs (more torch threads); none: exactly --cpus-per-cell each (default: share)")
     p.add_argument("--gpus-per-cell", type=float, default=None,
                    help="GPUs per task under Ray, fractions allowed (default: 1 where the cluster has GPUs, else 0)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed cell before it is recorded failed "
@@ -59,8 +62,15 @@ def _add_grid_args(p: argparse.ArgumentParser) -> None:
     _add_plugin(p)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house rule for bad input: one ``wmbench: error:`` line, exit 2 (no usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"wmbench: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wmbench",
         description="Benchmark DNN black-box watermarks against stealing, removal and evasion attacks.",
     )
@@ -77,6 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "the default, or $WMBENCH_EXECUTOR)")
     p.add_argument("--overwrite", action="store_true", help="rerun finished cells and rebuild their models")
 
+    p = sub.add_parser("calibrate", help="train N null models (never shown the victim) per dataset and seed and verify "
+                                         "every method's keys on them: false-positive rates and calibrated thresholds")
+    _add_grid_args(p)
+    p.add_argument("--null-models", type=int, default=10, metavar="N",
+                   help="null models per dataset and seed, cycling clean, mixup, cutmix, half the epochs, another "
+                        "architecture, another method's watermark (default: 10)")
+    p.add_argument("--null-arch", default=None, help="architecture of the 'another architecture' recipe "
+                                                     "(default: alexnet_cifar, or cwnet for AlexNet victims)")
+    p.add_argument("--null-method", default="noise", help="method of the 'watermarked by another method' recipe "
+                                                          "(default: noise)")
+    p.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="KEY=V1,V2",
+                   help="also cross the null models with these settings (repeatable)")
+    p.add_argument("--executor", default=None, choices=("ray", "serial", "auto"), help="as for run")
+    p.add_argument("--overwrite", action="store_true", help="rerun finished cells and rebuild their models")
+
     p = sub.add_parser("tune", help="Ray Tune grid search over method/attack settings (same cells, same results store)")
     _add_grid_args(p)
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", required=True,
@@ -88,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="md", choices=("md", "latex", "csv", "html"), help="printed format (default: md)")
     p.add_argument("--compare", choices=("paper",), help="put the DeepTracer paper's Table 1/2 figures beside ours")
     p.add_argument("--no-write", action="store_true", help="print only; do not write report files into DIR")
+    p.add_argument("--theft-tolerance", type=float, default=0.1, metavar="T",
+                   help="a stolen model counts as a successful theft when its accuracy is at least (1 - T) x the "
+                        "victim's; only then does its WSR count as detected or evaded (default: 0.1, in [0, 1))")
     _add_plugin(p)
 
     p = sub.add_parser("show", help="show one cell: its config, metrics, status and log")
@@ -118,6 +146,7 @@ def summary_table(frame) -> str:
     """A compact per-cell table of the main figures."""
     from tabulate import tabulate
 
+    from wmbench.report.verdicts import outcome
     from wmbench.results import wide
 
     table = wide(frame)
@@ -130,11 +159,14 @@ def summary_table(frame) -> str:
                 _pct(r.get("benign_acc")), _pct(r.get("benign_wsr")), _pct(r.get("victim_acc")), _pct(r.get("victim_wsr")),
                 _pct(r.get("attack_acc")), _pct(r.get("attack_fidelity")), _pct(r.get("attack_wsr")),
                 "" if r.get("attack_queries") != r.get("attack_queries") else int(r.get("attack_queries", 0)),
-                {1.0: "stolen", 0.0: "not stolen"}.get(r.get("attack_detected"), ""),
+                "" if r["attack"] == "none" or r["attack"].startswith("independent") else
+                outcome(r.get("attack_acc"), r.get("victim_acc"), r.get("attack_detected")),
             ])
         lines.append(tabulate(rows, headers=["dataset", "method", "attack", "labels", "seed", "benign acc", "benign wsr",
                                              "victim acc", "victim wsr", "suspect acc", "fidelity", "suspect wsr",
-                                             "queries", "verdict"], tablefmt="github"))
+                                             "queries", "outcome"], tablefmt="github"))
+        lines.append("outcome: detected = a working copy (accuracy ≥ 90 % of the victim's) verified by the watermark; "
+                     "evaded = a working copy not verified; theft failed = not a working copy (no claim)")
     other = frame[frame["status"] != "ok"].drop_duplicates("cell_id")
     for _, r in other.iterrows():
         lines.append(f"{r['status']}: {r['method']} × {r['attack']}[{r['labels']}] on {r['dataset']} seed {r['seed']}"
@@ -151,7 +183,7 @@ def grid_spec(args: argparse.Namespace, **fields: Any) -> "GridSpec":
         config=args.config, data_root=args.data_root, download=args.download, out=args.out, cache_dir=args.cache_dir,
         ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell,
         retries=args.retries, overwrite=args.overwrite, plugins=args.plugin, device=args.device,
-        progress=False if args.no_progress else None, **fields)
+        spare_cpus=args.spare_cpus, progress=False if args.no_progress else None, **fields)
 
 
 def _out_folder(spec: "GridSpec") -> Path:
@@ -186,6 +218,22 @@ def _announce(record: Dict[str, Any]) -> None:
                file=sys.stderr)
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from wmbench.calibrate import calibrate
+    from wmbench.spec import default_executor
+
+    spec = grid_spec(args, sweeps=args.sweeps, executor=args.executor or default_executor(cli=True))
+    frame = calibrate(spec, args.null_models, null_arch=args.null_arch, null_method=args.null_method)
+    from tabulate import tabulate
+
+    from wmbench.report import calibration
+
+    print(tabulate(calibration(frame), headers="keys", tablefmt="github", showindex=False, floatfmt=".4g"))
+    out = _out_folder(spec)
+    print(f"\nnull models: {out}; false-positive rates and calibrated thresholds: wmbench report {out}")
+    return 1 if (frame["status"] == "failed").any() else 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -208,10 +256,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from wmbench import report
     from wmbench.results import load
 
+    tolerance = report.check_theft_tolerance(args.theft_tolerance)  # bad input: nothing read or written
     frame = load(args.run_dir)
-    print(report.render(frame, fmt=args.format, compare=args.compare))
+    print(report.render(frame, fmt=args.format, compare=args.compare, theft_tolerance=tolerance))
     if not args.no_write:
-        paths = report.write_report(frame, args.run_dir, compare=args.compare)
+        paths = report.write_report(frame, args.run_dir, compare=args.compare, theft_tolerance=tolerance)
         print("\nwritten: " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0
 
@@ -291,12 +340,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "tune": cmd_tune, "report": cmd_report, "show": cmd_show, "list": cmd_list}
+COMMANDS = {"run": cmd_run, "calibrate": cmd_calibrate, "tune": cmd_tune, "report": cmd_report, "show": cmd_show, "list": cmd_list}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed on one line
+        return exc.code if isinstance(exc.code, int) else 2
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -262,14 +263,19 @@ def _coerce(section: str, name: str, value: Any, hint: Any) -> Any:
             return value
         raise UserError(f"{section}.{name} must be an integer, got {value!r}")
     if hint is float:
+        number: Optional[float] = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise UserError(f"{section}.{name} must be a number, got {value!r}")
+        if number is None:
+            raise UserError(f"{section}.{name} must be a number, got {value!r}")
+        if not math.isfinite(number):  # NaN passes every "<= 0" check; inf is never a setting
+            raise UserError(f"{section}.{name} must be a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value

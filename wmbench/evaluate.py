@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 import torch
 
 from wmbench.api import AttackContext, KeySet, count_hits, private_copy
-from wmbench.artifacts import model_from, model_tensors, prepare_victim, victim_spec
+from wmbench.artifacts import model_from, model_tensors, prepare_victim, stage_spec, victim_free
 from wmbench.blackbox import Blackbox
 from wmbench.cell import Cell, cell_variant
 from wmbench.config import resolve
@@ -85,7 +85,6 @@ def evaluate_cell(cell: Cell, opts: RunOptions
     benign, victim, keys, candidates = prepared.benign, prepared.victim, prepared.keys, prepared.candidates
     filter_metrics, get = prepared.filter_metrics, prepared.get
     assert victim is not None and keys is not None
-    victim_spec_ = victim_spec(cell)
 
     verify_kw = dict(num_classes=data.num_classes, verify=verify_cfg, device=device)
     label_api = lambda model: Blackbox(model, num_classes=data.num_classes, input_shape=ctx.input_shape,
@@ -123,7 +122,6 @@ def evaluate_cell(cell: Cell, opts: RunOptions
         victim_pred = predict_logits(victim, test.x, device=device).argmax(1)
         empty = Split(data.test.x[:0], data.test.y[:0])
         attacker_view = dataclasses.replace(data, owner=empty, test=empty)
-        spec: Dict[str, Any] = dict(victim_spec_)
         current = victim
         stages = cell.attack_stages
         for index, (name, config_dict) in enumerate(zip(stages, cell.attack_configs)):
@@ -135,11 +133,12 @@ def evaluate_cell(cell: Cell, opts: RunOptions
                                  data_root=opts.data_root, download=opts.download,
                                  watermark={"method": cell.method, "method_config": dict(cell.method_config),
                                             "keys_meta": dict(keys.meta)} if attack_cls.knows_watermark else {})
-            spec = {**spec, f"attack{index}": name, f"attack{index}_config": config_dict}
+            spec = stage_spec(cell, index)
+            shared = victim_free(cell)
             last = index == len(stages) - 1
 
             def build_stolen(attack=attack, attack_cls=attack_cls, actx=actx, target_model=current, last=last,
-                             raw=False):
+                             shared=shared, raw=False):
                 needs = attack_cls.needs_for(attack.config)
                 if "weights" in needs:
                     target: Any = private_copy(target_model)
@@ -151,8 +150,10 @@ def evaluate_cell(cell: Cell, opts: RunOptions
                 outcome = attack.run(target, actx)
                 extra = {k: float(v) for k, v in outcome.metrics.items()}
                 extra.update(queries=float(outcome.queries), attack_s=time.perf_counter() - started)
+                # A victim-free stage's model is shared by every method's cells (its store spec has no
+                # victim): curve points measured with this cell's key set must not travel with it.
                 points = [{"step_name": step_name, "step": float(step), **evaluate(model)}
-                          for step_name, step, model in outcome.snapshots] if last else []
+                          for step_name, step, model in outcome.snapshots] if last and not shared else []
                 meta = {"attack_metrics": extra, "curve": points}
                 if raw:
                     return outcome.model, meta

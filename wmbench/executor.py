@@ -7,7 +7,10 @@ finish (:class:`Backend`). :class:`SerialBackend` runs them in this process, dep
 instance or on a cluster given by ``address``/``$RAY_ADDRESS`` — artifact tasks are Ray tasks
 and cell tasks take their ``ObjectRef`` as arguments, so Ray starts a cell only once its
 artifacts exist. Each task gets ``cpus_per_cell`` CPUs (torch uses that many threads) and
-``gpus_per_cell`` GPUs (fractions allowed; never asked for where the cluster has none). A failed
+``gpus_per_cell`` GPUs (fractions allowed; never asked for where the cluster has none); with
+``spare_cpus="share"`` (the default) a task that starts while fewer tasks are runnable than CPU
+slots gets the spare CPUs too (:func:`cpu_shares`), so the benign → victim → surrogate chain at
+the head of every grid uses every core instead of one. A failed
 task is retried ``retries`` times; a cell that still fails is recorded ``failed`` with its
 traceback, a failed artifact fails the cells that need it, and the rest of the grid completes.
 Ctrl-C cancels the pending tasks and shuts Ray down; re-running the same command resumes.
@@ -27,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Proto
 from wmbench.errors import UserError
 from wmbench.evaluate import failed_cell_record
 from wmbench.progress import Progress
-from wmbench.spec import GridSpec
+from wmbench.spec import SPARE_CPUS, GridSpec
 from wmbench.tasks import Task, TaskGraph, build_graph, run_task, task_options
 
 log = logging.getLogger(__name__)
@@ -97,26 +100,52 @@ def _plugin_paths(plugins: Sequence[str]) -> List[str]:
     return paths
 
 
+def cpu_shares(ready: int, free_cpus: float, cpus_per_cell: float, max_cpus: float, share: bool = True,
+               free_slots: Optional[int] = None) -> List[float]:
+    """The CPUs of each of the ``ready`` tasks that can start now (the first ones, in order).
+
+    Packing: when at least as many tasks are ready as there are free slots
+    (``free_cpus // cpus_per_cell``, or fewer when ``free_slots`` — e.g. the free GPU slots — says
+    so), each starting task gets ``cpus_per_cell``. Sharing (``share=True``): when fewer are
+    ready, the free CPUs are split among them in whole CPUs, the first ones taking the remainder,
+    each at most ``max_cpus`` (the largest node's) and at least ``cpus_per_cell``. Torch then runs
+    that many threads in the task. Results on CPU can differ in the last bits between thread
+    counts (the count is recorded with every cell and artifact); ``share=False`` fixes it.
+    """
+    cpu_slots = int(math.floor(free_cpus / cpus_per_cell + 1e-9))
+    n = min(ready, cpu_slots if free_slots is None else min(cpu_slots, free_slots))
+    if n <= 0:
+        return []
+    if not share or n >= cpu_slots:
+        return [cpus_per_cell] * n
+    whole = int(math.floor(free_cpus + 1e-9))
+    base, extra = divmod(whole, n)
+    return [max(cpus_per_cell, min(max_cpus, float(base + (1 if i < extra else 0)))) for i in range(n)]
+
+
 class RayBackend:
     """Tasks on Ray: an embedded local instance (``num_cpus`` = this process's CPU affinity, no
     dashboard) unless ``address`` (or ``$RAY_ADDRESS``) names a cluster to join.
 
-    Artifact tasks are submitted first and cell tasks take their ObjectRefs as arguments, so Ray
-    runs a cell only after its artifacts exist. ``gpus_per_cell=None`` asks for one GPU per task
-    where the cluster has GPUs (and ``device`` is not ``cpu``), none otherwise.
+    A task is submitted once its dependencies have finished (it takes their ObjectRefs as
+    arguments), with the CPUs :func:`cpu_shares` gives it. ``gpus_per_cell=None`` asks for one GPU
+    per task where the cluster has GPUs (and ``device`` is not ``cpu``), none otherwise.
     """
 
     name = "ray"
 
     def __init__(self, address: Optional[str] = None, cpus_per_cell: float = 1.0,
                  gpus_per_cell: Optional[float] = None, device: str = "auto", plugins: Sequence[str] = (),
-                 num_cpus: Optional[int] = None, object_store_mb: int = 256):
+                 num_cpus: Optional[int] = None, object_store_mb: int = 256, spare_cpus: str = "share"):
         if not cpus_per_cell or cpus_per_cell <= 0:
             raise UserError(f"--cpus-per-cell must be positive, got {cpus_per_cell}")
         if gpus_per_cell is not None and gpus_per_cell < 0:
             raise UserError(f"--gpus-per-cell must be 0 or more, got {gpus_per_cell}")
         if gpus_per_cell is not None and gpus_per_cell > 1 and gpus_per_cell != int(gpus_per_cell):
             raise UserError(f"--gpus-per-cell above 1 must be a whole number (Ray's rule), got {gpus_per_cell}")
+        if spare_cpus not in SPARE_CPUS:
+            raise UserError(f"--spare-cpus must be one of {', '.join(SPARE_CPUS)}, got {spare_cpus!r}")
+        self.spare_cpus = spare_cpus
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.cpus_per_cell = float(cpus_per_cell)
         self.gpus_per_cell = gpus_per_cell
@@ -127,6 +156,7 @@ class RayBackend:
         self.owns = False
         self.gpus = 0.0
         self.slots = 1
+        self.total_cpus = self.node_cpus = self.total_gpus = 0.0
         if self.address is None and gpus_per_cell and not self._local_gpus():
             raise UserError(f"--gpus-per-cell {gpus_per_cell} asks for GPUs but this machine has none; "
                             "use --gpus-per-cell 0 (the default here) or --ray-address of a cluster with GPUs")
@@ -185,6 +215,7 @@ class RayBackend:
         if wanted > node_gpus:
             raise UserError(f"--gpus-per-cell {wanted:g} exceeds the largest node's {node_gpus:g} GPUs")
         self.gpus = float(wanted)
+        self.total_cpus, self.node_cpus, self.total_gpus = total_cpus, float(node_cpus), total_gpus
         slots = total_cpus / self.cpus_per_cell
         if self.gpus:
             slots = min(slots, total_gpus / self.gpus)
@@ -199,32 +230,47 @@ class RayBackend:
             ray.shutdown()
             self.owns = False
 
+    def _free_gpu_slots(self, used_gpus: float) -> Optional[int]:
+        if not self.gpus:
+            return None
+        return int(math.floor((self.total_gpus - used_gpus) / self.gpus + 1e-9))
+
     def run(self, graph: TaskGraph, opts: Mapping[str, Any], retries: int,
             progress: Optional[Progress] = None) -> Iterator[Tuple[Task, Dict[str, Any]]]:
         self.start()
         import ray
         from ray.exceptions import RayError
 
-        threads = max(1, int(self.cpus_per_cell))
-        remote = ray.remote(_ray_task).options(num_cpus=self.cpus_per_cell, num_gpus=self.gpus,
-                                               max_retries=retries)  # retries after a worker dies
+        remote = ray.remote(_ray_task)
+        waiting: List[Task] = graph.depth_first()  # dependencies always come first
+        # max_retries: Ray resubmits a task whose worker died; ``retries`` inside covers exceptions
         refs: Dict[str, Any] = {}
-        owner: Dict[Any, Task] = {}
+        running: Dict[Any, Tuple[Task, float]] = {}
         done: set = set()
+        used_cpus = used_gpus = 0.0
         try:
-            for task in graph.depth_first():  # dependencies are always submitted first
-                ref = remote.remote(task.id, task.kind, task.cell, task_options(graph, task, opts), retries, threads,
-                                    *[refs[d] for d in task.deps])
-                refs[task.id] = ref
-                owner[ref] = task
-            pending = list(refs.values())
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            while waiting or running:
+                ready = [t for t in waiting if all(d in done for d in t.deps)]
+                shares = cpu_shares(len(ready), self.total_cpus - used_cpus, self.cpus_per_cell, self.node_cpus,
+                                    share=self.spare_cpus == "share", free_slots=self._free_gpu_slots(used_gpus))
+                for task, cpus in zip(ready, shares):
+                    ref = remote.options(num_cpus=cpus, num_gpus=self.gpus, max_retries=retries).remote(
+                        task.id, task.kind, task.cell, task_options(graph, task, opts), retries, max(1, int(cpus)),
+                        *[refs[d] for d in task.deps])
+                    refs[task.id] = ref
+                    running[ref] = (task, cpus)
+                    used_cpus += cpus
+                    used_gpus += self.gpus
+                    waiting.remove(task)
+                if not running:
+                    raise RuntimeError(f"no task can start ({len(waiting)} waiting); the task graph is inconsistent")
+                finished, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
                 if progress is not None:
-                    runnable = sum(1 for r in pending if all(d in done for d in owner[r].deps))
-                    progress.set_running(min(runnable, self.slots))
-                for ref in ready:
-                    task = owner[ref]
+                    progress.set_running(len(running))
+                for ref in finished:
+                    task, cpus = running.pop(ref)
+                    used_cpus -= cpus
+                    used_gpus -= self.gpus
                     try:
                         result = ray.get(ref)
                     except RayError as exc:  # the worker died (after Ray's retries) or a dependency's did
@@ -236,7 +282,7 @@ class RayBackend:
                     done.add(task.id)
                     yield task, result
         except BaseException:
-            for ref in refs.values():
+            for ref in running:
                 try:
                     ray.cancel(ref, force=True)
                 except Exception:  # already finished, or Ray is going down
@@ -266,7 +312,7 @@ def make_backend(spec: GridSpec, default: str = "serial") -> Backend:
         log.warning("ray is not installed; running the grid with the serial executor")
         return SerialBackend()
     return RayBackend(address=spec.ray_address, cpus_per_cell=spec.cpus_per_cell, gpus_per_cell=spec.gpus_per_cell,
-                      device=spec.device, plugins=spec.plugins)
+                      device=spec.device, plugins=spec.plugins, spare_cpus=spec.spare_cpus)
 
 
 def execute(cells: Sequence[Mapping[str, Any]], opts: Mapping[str, Any], *, backend: Optional[Backend] = None, retries: int = 1,

@@ -158,8 +158,11 @@ def _as_set_value(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def plan_run(spec: GridSpec, executor: str = "") -> RunPlan:
+def plan_run(spec: GridSpec, executor: str = "", combos: Optional[Sequence[Mapping[str, Any]]] = None) -> RunPlan:
     """Validate and expand ``spec`` (``executor``: what ``run.json`` records); writes nothing.
+
+    ``combos`` (flat ``{key: value}`` settings, one set of cells each) replaces the cross product
+    of the spec's sweeps when a launcher needs an explicit list (:mod:`wmbench.calibrate`).
 
     Raises :class:`UserError` for unknown names, malformed overrides, missing data and grids with
     no runnable cell. Paths in the returned options are absolute (tasks may run elsewhere).
@@ -175,7 +178,7 @@ def plan_run(spec: GridSpec, executor: str = "") -> RunPlan:
     data_root = spec.data_root or settings.data.root
     download = spec.download or settings.data.download
     planned: List[PlannedCell] = []
-    for combo in expand_sweeps(spec.sweeps):
+    for combo in (expand_sweeps(spec.sweeps) if combos is None else combos):
         combo_tree = merge_trees(tree, parse_set([f"{k}={_as_set_value(v)}" for k, v in combo.items()]))
         planned += plan(build_settings(spec.profile, combo_tree), method_names, attack_names, dataset_names,
                         spec.seeds, data_root=data_root, download=download, sweep=combo)
@@ -189,6 +192,10 @@ def plan_run(spec: GridSpec, executor: str = "") -> RunPlan:
 
     run_dir = run_dir_of(spec)
     cache_dir = Path(spec.cache_dir).absolute() if spec.cache_dir else run_dir / "artifacts"
+    for flag, folder in (("--out", run_dir), ("--cache-dir", cache_dir)):
+        taken = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if taken is not None and not taken.is_dir():
+            raise UserError(f"{flag} {folder}: {taken} is a file; give a folder (it is created if missing)")
     opts = RunOptions(run_dir=str(run_dir), cache_dir=str(cache_dir),
                       data_root=str(Path(data_root).absolute()) if data_root else None, download=download,
                       device=spec.device, progress=spec.progress, overwrite=spec.overwrite, plugins=spec.plugins,

@@ -58,6 +58,7 @@ def provenance(device: str) -> Dict[str, Any]:
         "git_sha": git_sha(),
         "torch_version": torch.__version__,
         "device": device,
+        "torch_threads": torch.get_num_threads(),
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "schema_version": SCHEMA_VERSION,

@@ -97,11 +97,37 @@ def to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def load(run_dir: str | Path) -> pd.DataFrame:
-    """The long results table of a run folder (built from its cell records)."""
+    """The long results table of a run folder: built from its cell records, or, in a folder that
+    holds only the table (a committed reference report: ``results.csv``), read from it."""
     run_dir = Path(run_dir)
-    if not (run_dir / "cells").is_dir():
-        raise UserError(f"{run_dir} is not a wmbench run folder (no cells/); give the --out folder of `wmbench run`")
-    return to_frame(iter_records(run_dir))
+    if (run_dir / "cells").is_dir():
+        return to_frame(iter_records(run_dir))
+    table = run_dir / "results.csv"
+    if table.is_file():
+        return read_table(table)
+    raise UserError(f"{run_dir} is not a wmbench run folder (no cells/ nor results.csv); "
+                    "give the --out folder of `wmbench run`")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A long table written by :func:`consolidate` (``results.csv``); a file that is not one
+    raises :class:`UserError` naming what is missing."""
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], low_memory=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the results table {path}: {exc}") from None
+    missing = [c for c in ("cell_id", "stage", "metric", "value", "status") if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path} is not a wmbench results table (no {', '.join(missing)} column)")
+    for column in COLUMNS:
+        if column not in frame.columns:
+            frame[column] = float("nan") if column in ("value", "step", "wall_s") else ""
+    text = [c for c in COLUMNS if c not in ("value", "step", "wall_s", "seed", "queries", "schema_version")]
+    frame[text] = frame[text].fillna("").astype(str)
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
+    frame["step"] = pd.to_numeric(frame["step"], errors="coerce")
+    frame["seed"] = frame["seed"].astype(int)
+    return frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]]
 
 
 def consolidate(run_dir: Path) -> pd.DataFrame:

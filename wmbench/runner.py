@@ -65,7 +65,13 @@ def run(spec: GridSpec | Any = None, *args: Any, on_record: Optional[Callable[[D
     else:
         spec = GridSpec.of(*(() if spec is None else (spec,)), *args, **fields)
     executor = spec.executor_or(default_executor())
-    run_plan = plan_run(spec, executor="ray" if executor == "auto" else executor)
+    return execute_plan(plan_run(spec, executor="ray" if executor == "auto" else executor), spec, executor, on_record)
+
+
+def execute_plan(run_plan: RunPlan, spec: GridSpec, executor: str,
+                 on_record: Optional[Callable[[Dict[str, Any]], None]] = None) -> pd.DataFrame:
+    """Start the run folder of ``run_plan``, run what is left of it on ``executor`` (``spec``
+    gives the backend's resources) and return the long table of its cells."""
     backend = make_backend(spec, default=executor)
     start_run(run_plan)
     log.info("%d cells planned, %d to run", len(run_plan.planned), len(run_plan.todo))

@@ -27,6 +27,8 @@ from wmbench.errors import UserError
 #: Executors a spec may name; ``auto`` is Ray when it is installed, else serial (with a warning).
 EXECUTORS: Tuple[str, ...] = ("ray", "serial", "auto")
 DEFAULT_EXECUTOR_ENV = "WMBENCH_EXECUTOR"
+#: What the Ray backend does with CPUs no runnable task asked for (see ``GridSpec.spare_cpus``).
+SPARE_CPUS: Tuple[str, ...] = ("share", "none")
 
 
 def default_executor(cli: bool = False) -> str:
@@ -124,7 +126,9 @@ class GridSpec:
     ``download``. Output: ``out`` (default ``results/<datasets>-<profile>``), ``cache_dir``
     (default ``<out>/artifacts``), ``overwrite``. Execution: ``executor`` (``""`` = the entry
     point's default, see :func:`default_executor`), ``ray_address``, ``cpus_per_cell``,
-    ``gpus_per_cell`` (None: one where the cluster has GPUs), ``retries``, ``device``,
+    ``gpus_per_cell`` (None: one where the cluster has GPUs), ``spare_cpus`` (``share``: a task
+    that starts while fewer are runnable than CPU slots also gets the idle CPUs; ``none``: exactly
+    ``cpus_per_cell``, for bit-identical CPU numbers whatever the grid's shape), ``retries``, ``device``,
     ``progress`` (None: when stderr is a terminal), ``plugins`` (modules imported first).
 
     Sequences may be given as comma-separated strings; they are stored as tuples, so two specs
@@ -152,6 +156,7 @@ class GridSpec:
     cpus_per_cell: float = 1.0
     gpus_per_cell: Optional[float] = None
     retries: int = 1
+    spare_cpus: str = "share"
 
     def __post_init__(self) -> None:
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
@@ -176,6 +181,8 @@ class GridSpec:
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise UserError(f"--retries must be a whole number, 0 or more, got {self.retries!r}")
         _number("cpus_per_cell", self.cpus_per_cell, minimum=0, strict=True)
+        if self.spare_cpus not in SPARE_CPUS:
+            raise UserError(f"--spare-cpus must be one of {', '.join(SPARE_CPUS)}, got {self.spare_cpus!r}")
         _number("gpus_per_cell", self.gpus_per_cell, minimum=0, strict=False, allow_none=True)
 
     @classmethod

@@ -133,6 +133,9 @@ _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "±": r"$\pm$", "–": "--", "×": r"$\times$",
+    # symbols of the notes and headers that pdflatex's utf8 input does not know
+    "—": "---", "−": r"$-$", "≥": r"$\geq$", "≤": r"$\leq$", "†": r"\dag{}", "Δ": r"$\Delta$",
+    "·": r"$\cdot$", "√": r"$\surd$", "α": r"$\alpha$", "…": r"\ldots{}", "→": r"$\to$",
 }
 
 

@@ -2,8 +2,11 @@
 HTML or CSV text, and the standalone LaTeX and HTML document wrappers.
 
 * Rendered tables (Markdown/terminal, LaTeX, HTML) show the values with 2 decimals as
-  ``mean ± std`` (just ``mean`` when there is a single seed); ``paper_*`` columns as numbers,
-  ``diff_*`` columns signed. In LaTeX the best value per column and dataset is bold.
+  ``mean ± h``, ``h`` the half-width of the 95 % t-interval over the row's ``n_seeds`` seeds
+  (just ``mean`` when there is a single seed); ``paper_*`` columns as numbers, ``diff_*``
+  columns signed. In LaTeX the best value per column and dataset is bold under the rule of
+  :func:`wmbench.report.stats.best_marks`. The paper-shaped tables are
+  :mod:`wmbench.report.formats_shaped`'s.
 * CSV keeps full precision with separate ``<col>_mean`` / ``<col>_std`` columns, so it can be
   re-read without parsing strings.
 """
@@ -11,14 +14,17 @@ from __future__ import annotations
 
 import html as html_lib
 import math
+import re
 from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from tabulate import tabulate
 
 from wmbench.errors import UserError
 from wmbench.report.common import KEYS, NO_CELLS, latex_escape
+from wmbench.report.stats import best_marks
 
 #: Accepted format names -> the format they mean.
 FORMATS: Dict[str, str] = {
@@ -32,6 +38,10 @@ FORMATS: Dict[str, str] = {
 LATEX_LONG_ROWS = 40
 
 _MISSING = "–"
+
+#: The sentence under every document's title.
+VALUES_NOTE = ("Values in %; mean ± half-width of the 95 % t-interval over seeds "
+               "(a single number: one seed, no interval).")
 
 
 def format_kind(fmt: str) -> str:
@@ -68,16 +78,30 @@ def _best_direction(base: str) -> Optional[str]:
     return None
 
 
-def _best_mask(table: pd.DataFrame, base: str, direction: Optional[str]) -> pd.Series:
-    """True where ``<base>_mean`` is the best (at 2 decimals) within its dataset; needs ≥ 2 rows."""
+def _best_mask(table: pd.DataFrame, base: str, direction: Optional[str], halves: pd.Series) -> pd.Series:
+    """Bold cells of column ``<base>_mean``: :func:`wmbench.report.stats.best_marks` within each
+    dataset (needs ≥ 2 rows)."""
     false = pd.Series(False, index=table.index)
     if direction not in ("max", "min"):
         return false
-    values = pd.to_numeric(table[f"{base}_mean"], errors="coerce").round(2)
-    groups = values.groupby(table["dataset"])
-    best = groups.transform(direction)
-    enough = groups.transform("count") >= 2
-    return (values == best) & enough & values.notna()
+    values = pd.to_numeric(table[f"{base}_mean"], errors="coerce")
+    groups = table["dataset"] if "dataset" in table.columns else pd.Series("", index=table.index)
+    for _, index in values.groupby(groups, sort=False).groups.items():
+        marks = best_marks(list(values[index]), list(halves[index]), direction)
+        false[index] = marks
+    return false
+
+
+def _half_widths(table: pd.DataFrame, base: str) -> pd.Series:
+    """The ± shown for ``<base>``: the 95 % t half-width from ``<base>_std`` and ``n_seeds``
+    (NaN for one seed); ``<base>_std`` itself when the table has no ``n_seeds``."""
+    std = table[f"{base}_std"] if f"{base}_std" in table.columns else pd.Series(np.nan, index=table.index)
+    std = pd.to_numeric(std, errors="coerce")
+    if "n_seeds" not in table.columns:
+        return std
+    n = pd.to_numeric(table["n_seeds"], errors="coerce")
+    t = n.map(lambda k: float(stats.t.ppf(0.975, k - 1)) if k == k and k >= 2 else np.nan)
+    return t * std / np.sqrt(n)
 
 
 def _f2(x: object, signed: bool = False) -> str:
@@ -135,15 +159,17 @@ def _display(
         if name.endswith("_mean"):
             base = name[: -len("_mean")]
             direction = best.get(base) if best is not None and base in best else _best_direction(base)
-            bold = _best_mask(table, base, direction)
-            stds = table[f"{base}_std"] if f"{base}_std" in table.columns else pd.Series(np.nan, index=table.index)
-            out[base] = [stat(m, s, b) for m, s, b in zip(table[name], stds, bold)]
+            halves = _half_widths(table, base)
+            bold = _best_mask(table, base, direction, halves)
+            out[base] = [stat(m, s, b) for m, s, b in zip(table[name], halves, bold)]
         elif name.startswith("paper_"):
             out[name] = [number(x) for x in table[name]]
         elif name.startswith("diff_"):
             out[name] = [number(x, signed=True) for x in table[name]]
         elif name == "n_seeds":
             out[name] = [str(int(x)) if _finite(x) else _MISSING for x in table[name]]
+        elif name != "step" and pd.api.types.is_float_dtype(table[name]):  # e.g. wsr_max: 2 decimals
+            out[name] = [number(x) for x in table[name]]
         else:
             out[name] = ["" if pd.isna(x) else str(x) for x in table[name]]
     return pd.DataFrame(out, index=table.index)
@@ -165,6 +191,7 @@ def to_latex(
     caption: str = "",
     label: str = "",
     best: Optional[Mapping[str, Optional[str]]] = None,
+    notes: str = "",
 ) -> str:
     """A table as a LaTeX ``table`` float with a booktabs ``tabular``.
 
@@ -175,14 +202,26 @@ def to_latex(
     it to ``\\linewidth`` when wider (never enlarges), so the preamble needs ``booktabs`` and
     ``graphicx``. Tables longer than :data:`LATEX_LONG_ROWS` rows (e.g. the curves table) are a
     ``longtable`` in ``\\scriptsize`` instead, which breaks across pages (needs ``longtable``).
+    ``notes`` (plain text, escaped) go under the table in ``\\footnotesize``. In a longtable the
+    dataset is a row of its own above its rows. In a table wider than about 120 characters, text
+    columns longer than 20 characters wrap (needs ``array``), so that a longtable fits the page
+    width it cannot be shrunk to and a float need not shrink as much.
     """
+    notes_tex = f"{{\\footnotesize {latex_escape(notes)}\\par}}" if notes else ""
     if table.empty:
         return f"\\begin{{center}}{latex_escape(caption)}: {NO_CELLS}\\end{{center}}\n" if caption else NO_CELLS + "\n"
     shown = _display(table, _latex_stat, _latex_number, best)
-    text_cols = [c for c in shown.columns if c in KEYS]
-    align = "".join("l" if c in text_cols else "r" for c in shown.columns)
-    header = " & ".join(latex_escape(c) for c in shown.columns) + r" \\"
     long = len(shown) > LATEX_LONG_ROWS
+    blocks = shown.pop("dataset") if long and "dataset" in shown.columns and shown.shape[1] > 1 else None
+    text_cols = [c for c in shown.columns if c in KEYS or _is_text(shown[c])]
+    # Long text (attack labels such as "distill+detect_lof[detect_lof.features=softmax]") wraps in a
+    # fixed-width column at its punctuation, so long tables (which cannot be shrunk) fit the page.
+    widths = [max(len(str(c)), int(shown[c].astype(str).str.len().max())) + 2 for c in shown.columns]
+    wrap = {c for c in text_cols if shown[c].astype(str).str.len().max() > _WRAP_CHARS} \
+        if sum(widths) > _LINE_CHARS else set()
+    align = "".join(f">{{\\raggedright\\arraybackslash}}p{{{_WRAP_CHARS // 2}em}}" if c in wrap
+                    else "l" if c in text_cols else "r" for c in shown.columns)
+    header = " & ".join(latex_escape(c) for c in shown.columns) + r" \\"
     if long:  # taller than a page: a longtable breaks across pages (a float would not fit)
         lines = ["{\\scriptsize\\setlength{\\tabcolsep}{3pt}", f"\\begin{{longtable}}{{{align}}}"]
         if caption or label:
@@ -201,20 +240,47 @@ def to_latex(
         lines.append("\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%")
         lines += [f"\\begin{{tabular}}{{{align}}}", "\\toprule", header, "\\midrule"]
     previous = None
-    for position, (_, row) in enumerate(shown.iterrows()):
-        dataset = row.get("dataset")
+    for position, (index, row) in enumerate(shown.iterrows()):
+        dataset = row.get("dataset") if blocks is None else blocks[index]
         if position and dataset != previous:
             lines.append("\\midrule")
-        cells = [latex_escape(v) if c in text_cols else _latex_value(v) for c, v in row.items()]
+        if blocks is not None and dataset != previous:  # a long table: the dataset as a row of its own
+            lines.append(f"\\multicolumn{{{shown.shape[1]}}}{{l}}{{\\textit{{{latex_escape(dataset)}}}}} \\\\")
+        cells = [_breakable(v) if c in wrap else latex_escape(v) if c in text_cols else _latex_value(v)
+                 for c, v in row.items()]
         if "dataset" in shown.columns and dataset == previous:
             cells[list(shown.columns).index("dataset")] = ""
         lines.append(" & ".join(cells) + r" \\")
         previous = dataset
     if long:
-        lines += ["\\end{longtable}}"]
+        lines += ["\\end{longtable}}"] + ([notes_tex] if notes else [])
     else:
-        lines += ["\\bottomrule", "\\end{tabular}%", "}", "\\end{table}"]
+        lines += ["\\bottomrule", "\\end{tabular}%", "}"]
+        lines += ["\\par\\smallskip", f"\\parbox{{\\linewidth}}{{{notes_tex}}}"] if notes else []
+        lines += ["\\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+#: In a LaTeX table wider than about _LINE_CHARS characters, text columns with longer entries
+#: than _WRAP_CHARS wrap (a ``p`` column of half as many em).
+_WRAP_CHARS = 20
+_LINE_CHARS = 120
+
+
+def _breakable(text: object) -> str:
+    """Escaped text that may break after ``+ [ , = /`` (for wrapping columns)."""
+    return re.sub(r"([+\[,=/])", r"\1\\allowbreak{}", latex_escape(text).replace("\\_", "\\_\\allowbreak{}"))
+
+
+def _is_text(column: pd.Series) -> bool:
+    """Whether a shown column holds text (left-aligned) rather than numbers (right-aligned)."""
+    def number(text: str) -> bool:
+        try:
+            float(text.strip("$"))
+            return True
+        except ValueError:
+            return text in ("--", "", _MISSING) or text.startswith(("$", "\\textbf"))
+    return not all(number(str(v)) for v in column)
 
 
 def to_csv(table: pd.DataFrame) -> str:
@@ -241,9 +307,12 @@ def latex_document(body: str, title: str = "wmbench report") -> str:
         "\\usepackage{booktabs}",
         "\\usepackage{graphicx}",
         "\\usepackage{longtable}",
+        "\\usepackage{xcolor}",
+        "\\usepackage{array}",
+        "\\usepackage[margin=2.5cm]{geometry}",
         "\\begin{document}",
         f"\\section*{{{latex_escape(title)}}}",
-        "Values in \\%; mean $\\pm$ std over seeds (std only with more than one seed).",
+        latex_escape(VALUES_NOTE),
         "",
         body.rstrip("\n"),
         "\\end{document}",
@@ -255,8 +324,10 @@ def html_document(body: str, title: str = "wmbench report") -> str:
     """Wrap HTML fragments in a standalone page with a small style sheet."""
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
              "th,td{padding:2px 8px;border-bottom:1px solid #ccc;text-align:right}"
-             "th{border-bottom:2px solid #333}")
+             "th{border-bottom:2px solid #333}th[colspan]{text-align:center;border-bottom:1px solid #333}"
+             ".failed{color:#999}tr.paper td{font-style:italic;font-size:85%;color:#555}"
+             "tr.reference td{font-style:italic}p.notes{font-size:85%;color:#333;max-width:60em}")
     return (f"<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>{html_lib.escape(title)}"
             f"</title>\n<style>{style}</style>\n</head>\n<body>\n<h1>{html_lib.escape(title)}</h1>\n"
-            "<p>Values in %; mean ± std over seeds (std only with more than one seed).</p>\n"
+            f"<p>{html_lib.escape(VALUES_NOTE)}</p>\n"
             f"{body}\n</body>\n</html>\n")

@@ -78,10 +78,12 @@ def paper_method_name(method: str) -> Optional[str]:
     return _paper_name(method, PAPER_METHODS, paper_table1()["method"].unique())
 
 
+@functools.lru_cache(maxsize=None)
 def _paper_wide1() -> pd.DataFrame:
     return paper_table1().set_index(["dataset", "method"])[list(TABLE1_COLUMNS)]
 
 
+@functools.lru_cache(maxsize=None)
 def _paper_wide2() -> pd.DataFrame:
     paper = paper_table2()
     parts = []
@@ -91,6 +93,20 @@ def _paper_wide2() -> pd.DataFrame:
                             value=paper[f"stolen_{metric}"])
         parts.append(part[["dataset", "method", "column", "value"]])
     return pd.concat(parts).pivot_table(index=["dataset", "method"], columns="column", values="value")
+
+
+def paper_value(table: int, dataset: str, method: str, column: str) -> float:
+    """The paper's figure (percent) for a wmbench ``dataset`` and ``method`` (variants such as
+    ``badnets[poison_rate=0.05]`` have none) in Table ``table`` (1 or 2) and ``column`` (a
+    :data:`~wmbench.report.tables.TABLE1_COLUMNS` name, or ``<attack>_<labels>_<acc|wsr>``);
+    NaN when the paper does not report it."""
+    if "[" in str(method):
+        return float("nan")
+    wide = _paper_wide1() if table == 1 else _paper_wide2()
+    key = (paper_dataset_name(dataset), paper_method_name(method))
+    if column not in wide.columns or key not in wide.index:
+        return float("nan")
+    return float(wide.at[key, column])
 
 
 def _with_paper(table: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:

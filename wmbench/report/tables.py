@@ -175,6 +175,23 @@ def of_family(rows: pd.DataFrame, family: Optional[str]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------
 # Tables
 # ----------------------------------------------------------------------------------------
+def table1_long(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 1's values per seed: ``dataset, model, method, seed, column, value`` (percent) with
+    ``column`` one of :data:`TABLE1_COLUMNS` (``delta_acc`` per seed: victim − benign)."""
+    rows = finished(df)
+    rows = rows[rows["stage"].isin(["benign", "victim"]) & rows["metric"].isin(["acc", "wsr"])]
+    per_seed = _per_seed(rows, [*KEYS, "stage"])
+    if per_seed.empty:
+        return pd.DataFrame(columns=[*KEYS, "seed", "column", "value"])
+    long = _to_long(per_seed, per_seed["stage"] + "_" + per_seed["metric"])
+    acc = long[long["column"].isin(["benign_acc", "victim_acc"])]
+    acc = acc.pivot_table(index=[*KEYS, "seed"], columns="column", values="value")
+    if {"benign_acc", "victim_acc"} <= set(acc.columns):
+        delta = (acc["victim_acc"] - acc["benign_acc"]).dropna().rename("value").reset_index()
+        long = pd.concat([long, delta.assign(column="delta_acc")], ignore_index=True)
+    return long
+
+
 def table1(df: pd.DataFrame) -> pd.DataFrame:
     """The paper's Table 1 (harmlessness and effectiveness), in percent.
 
@@ -182,18 +199,8 @@ def table1(df: pd.DataFrame) -> pd.DataFrame:
     ``victim_acc``, ``delta_acc`` (victim − benign, per seed) and ``victim_wsr``, each as
     ``<col>_mean`` and ``<col>_std``, then ``n_seeds``.
     """
-    rows = finished(df)
-    rows = rows[rows["stage"].isin(["benign", "victim"]) & rows["metric"].isin(["acc", "wsr"])]
-    per_seed = _per_seed(rows, [*KEYS, "stage"])
-    if per_seed.empty:
-        return _wide_stats(pd.DataFrame(), TABLE1_COLUMNS)
-    long = _to_long(per_seed, per_seed["stage"] + "_" + per_seed["metric"])
-    acc = long[long["column"].isin(["benign_acc", "victim_acc"])]
-    acc = acc.pivot_table(index=[*KEYS, "seed"], columns="column", values="value")
-    if {"benign_acc", "victim_acc"} <= set(acc.columns):
-        delta = (acc["victim_acc"] - acc["benign_acc"]).dropna().rename("value").reset_index()
-        long = pd.concat([long, delta.assign(column="delta_acc")], ignore_index=True)
-    return _wide_stats(long, TABLE1_COLUMNS)
+    long = table1_long(df)
+    return _wide_stats(long if not long.empty else pd.DataFrame(), TABLE1_COLUMNS)
 
 
 def table2(df: pd.DataFrame, metrics: Sequence[str] = ("acc", "wsr"), family: Optional[str] = "stealing"
@@ -208,16 +215,28 @@ def table2(df: pd.DataFrame, metrics: Sequence[str] = ("acc", "wsr"), family: Op
     (the paper's Table 2, the default), ``"other"`` (the removal / evasion table of the
     report) or None (every attack).
     """
+    long = table2_long(df, metrics, family)
+    if long.empty:
+        return _wide_stats(pd.DataFrame(), ())
+    order = [f"{attack_name(a, lab)}_{m}" for a, lab in _attack_combos(long) for m in metrics]
+    return _wide_stats(long, order)
+
+
+def table2_long(df: pd.DataFrame, metrics: Sequence[str] = ("acc", "wsr"), family: Optional[str] = "stealing",
+                stage: str = "attack") -> pd.DataFrame:
+    """:func:`table2`'s values per seed: ``dataset, model, method, attack, labels, metric, seed,
+    column, value`` (percent for fraction metrics; ``column`` as in :func:`table2`). ``stage``
+    picks another stage of the attacked cells (``"stage1"``: a chain's model after its first attack)."""
     rows = finished(df)
-    rows = of_family(rows[(rows["stage"] == "attack") & (rows["attack"] != "none") & rows["metric"].isin(metrics)],
+    rows = of_family(rows[(rows["stage"] == stage) & (rows["attack"] != "none") & rows["metric"].isin(metrics)],
                      family)
     per_seed = _per_seed(rows, [*KEYS, "attack", "labels"])
     if per_seed.empty:
-        return _wide_stats(pd.DataFrame(), ())
+        return pd.DataFrame(columns=[*KEYS, "attack", "labels", "metric", "seed", "column", "value"])
     names = [attack_name(a, lab) for a, lab in zip(per_seed["attack"], per_seed["labels"])]
-    long = _to_long(per_seed, pd.Series(names, index=per_seed.index) + "_" + per_seed["metric"])
-    order = [f"{attack_name(a, lab)}_{m}" for a, lab in _attack_combos(per_seed) for m in metrics]
-    return _wide_stats(long, order)
+    column = pd.Series(names, index=per_seed.index) + "_" + per_seed["metric"]
+    return per_seed.assign(column=column, value=_scale(per_seed["value"], per_seed["metric"]))[
+        [*KEYS, "attack", "labels", "metric", "seed", "column", "value"]]
 
 
 def pivot(df: pd.DataFrame, metric: str = "wsr", stage: str = "attack") -> pd.DataFrame:
