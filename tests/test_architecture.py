@@ -32,7 +32,7 @@ LAYERS: List[List[str]] = [
     ["wmbench.results"],
     ["wmbench.runner"],
     ["wmbench.tune", "wmbench.calibrate"],
-    ["wmbench.report*"],
+    ["wmbench.report*", "wmbench.audit"],
     ["wmbench.cli"],
     ["wmbench"],
 ]

@@ -123,9 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help=f"run folder to search (default: every folder under {RESULTS_ROOT}/)")
     _add_plugin(p)
 
-    p = sub.add_parser("list", help="list registered methods, attacks, datasets or models")
-    p.add_argument("what", choices=("methods", "attacks", "datasets", "models"))
+    p = sub.add_parser("list", help="list registered methods, attacks, datasets or models, or audit the settings "
+                                    "against the paper")
+    p.add_argument("what", choices=("methods", "attacks", "datasets", "models", "settings"),
+                   help="settings: every setting the DeepTracer paper states, where, and ours at --profile")
     p.add_argument("--profile", default="quick", choices=PROFILE_NAMES, help="profile whose defaults are shown")
+    p.add_argument("--format", default="table", choices=("table", "md", "csv"),
+                   help="settings only: a terminal table, the Markdown document (docs/paper-settings.md) or CSV")
     _add_plugin(p)
     return parser
 
@@ -316,6 +320,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from wmbench.registry import ATTACKS, DATASETS, METHODS, MODELS
 
+    if args.what == "settings":
+        from wmbench.audit import audit_table, render_markdown
+
+        table = audit_table(args.profile)
+        if args.format == "md":
+            print(render_markdown(table), end="")
+        elif args.format == "csv":
+            print(table.reset_index().to_csv(index=False), end="")
+        else:
+            print(tabulate(table, headers="keys", tablefmt="github", showindex=False))
+        return 0
     rows: List[List[Any]] = []
     if args.what in ("methods", "attacks"):
         registry = METHODS if args.what == "methods" else ATTACKS
