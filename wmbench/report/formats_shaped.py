@@ -105,17 +105,23 @@ def _spans(columns: Sequence[Tuple[str, ...]], level: int) -> List[Tuple[str, in
 # ----------------------------------------------------------------------------------------
 # Markdown
 # ----------------------------------------------------------------------------------------
-def _md_value(value: Value, kind: str) -> str:
+def _marked(value: Value, kind: str, paper: str, bold: str, evaded: str, failed: str) -> str:
+    """One value with its marks, the markup given as format strings around ``{}``: the paper's
+    figure, the bold best, the evaded dagger (appended) and the failed-theft wrapper."""
     if not _finite(value.mean):
         return _MISSING
     if kind == "paper":
-        return f"*{_f2(value.mean)}*"
+        return paper.format(_f2(value.mean))
     text = _f2(value.mean) + (f" ± {_f2(value.half)}" if _finite(value.half) else "")
     if value.bold:
-        text = f"**{text}**"
+        text = bold.format(text)
     if value.evaded:
-        text += " †"
-    return f"({text})" if value.failed else text
+        text += evaded
+    return failed.format(text) if value.failed else text
+
+
+def _md_value(value: Value, kind: str) -> str:
+    return _marked(value, kind, paper="*{}*", bold="**{}**", evaded=" †", failed="({})")
 
 
 def shaped_markdown(table: Shaped) -> str:
@@ -241,16 +247,8 @@ def shaped_latex(table: Shaped) -> str:
 # HTML
 # ----------------------------------------------------------------------------------------
 def _html_value(value: Value, kind: str) -> str:
-    if not _finite(value.mean):
-        return _MISSING
-    if kind == "paper":
-        return _f2(value.mean)
-    text = _f2(value.mean) + (f" ± {_f2(value.half)}" if _finite(value.half) else "")
-    if value.bold:
-        text = f"<b>{text}</b>"
-    if value.evaded:
-        text += "<sup>†</sup>"
-    return f'<span class="failed">{text}</span>' if value.failed else text
+    return _marked(value, kind, paper="{}", bold="<b>{}</b>", evaded="<sup>†</sup>",
+                   failed='<span class="failed">{}</span>')
 
 
 def shaped_html(table: Shaped) -> str:
