@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -79,9 +78,12 @@ def victim_free(cell: Cell) -> bool:
     """Whether the first stage of the cell's chain needs no access to the victim and knows nothing
     of its watermark (the ``independent`` null models): what it builds depends on the data, the
     seed and its own settings only."""
-    attack_cls = ATTACKS.get(cell.attack_stages[0])
-    config = SimpleNamespace(**cell.attack_configs[0]) if cell.attack_configs else None
-    return cell.attack != "none" and not attack_cls.needs_for(config) and not attack_cls.knows_watermark
+    if cell.attack == "none":
+        return False
+    name = cell.attack_stages[0]
+    attack_cls = ATTACKS.get(name)
+    config = resolve(attack_cls.Config, cell.profile, cell.attack_configs[0], section=f"attacks.{name}")
+    return not attack_cls.needs_for(config) and not attack_cls.knows_watermark
 
 
 def stage_spec(cell: Cell, index: int) -> Dict[str, Any]:

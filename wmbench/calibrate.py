@@ -30,12 +30,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from wmbench.config import build_settings, load_config_file, merge_trees, parse_set
 from wmbench.errors import UserError
-from wmbench.plan import plan_run
-from wmbench.registry import DATASETS, METHODS, MODELS, load_plugin
-from wmbench.runner import execute_plan
-from wmbench.spec import GridSpec, default_executor, expand_sweeps
+from wmbench.plan import settings_of
+from wmbench.registry import DATASETS, METHODS, MODELS
+from wmbench.runner import launch
+from wmbench.spec import GridSpec, expand_sweeps
 
 RECIPES: Tuple[str, ...] = ("clean", "mixup", "cutmix", "short", "arch", "method")
 DEFAULT_NULL_METHOD = "noise"
@@ -78,16 +77,10 @@ def calibrate(spec: GridSpec, null_models: int = 10, null_arch: Optional[str] = 
     if null_arch is not None:
         MODELS.get(null_arch)
     spec = spec.replace(attacks=("independent",))
-    for module in spec.plugins:
-        load_plugin(module)
-    tree = merge_trees(load_config_file(spec.config) if spec.config else None, parse_set(spec.overrides))
-    settings = build_settings(spec.profile, tree)
+    _, settings = settings_of(spec)
     combos: List[Dict[str, Any]] = []
     for dataset in DATASETS.resolve_list(list(spec.datasets)):
         arch = null_arch or default_null_arch(settings.model.arch_for(dataset))
         recipes = null_recipes(null_models, settings.train.epochs, arch, null_method)
         combos += [r for r in recipes if r not in combos]
-    combos = [{**sweep, **recipe} for sweep in expand_sweeps(spec.sweeps) for recipe in combos]
-    executor = spec.executor_or(default_executor())
-    run_plan = plan_run(spec, executor="ray" if executor == "auto" else executor, combos=combos)
-    return execute_plan(run_plan, spec, executor)
+    return launch(spec, combos=[{**sweep, **recipe} for sweep in expand_sweeps(spec.sweeps) for recipe in combos])

@@ -150,7 +150,8 @@ def summary_table(frame) -> str:
     """A compact per-cell table of the main figures."""
     from tabulate import tabulate
 
-    from wmbench.report.verdicts import outcome
+    from wmbench.report.calibration import is_null_attack
+    from wmbench.report.verdicts import DEFAULT_THEFT_TOLERANCE, outcome
     from wmbench.results import wide
 
     table = wide(frame)
@@ -163,14 +164,15 @@ def summary_table(frame) -> str:
                 _pct(r.get("benign_acc")), _pct(r.get("benign_wsr")), _pct(r.get("victim_acc")), _pct(r.get("victim_wsr")),
                 _pct(r.get("attack_acc")), _pct(r.get("attack_fidelity")), _pct(r.get("attack_wsr")),
                 "" if r.get("attack_queries") != r.get("attack_queries") else int(r.get("attack_queries", 0)),
-                "" if r["attack"] == "none" or r["attack"].startswith("independent") else
+                "" if r["attack"] == "none" or is_null_attack(r["attack"]) else
                 outcome(r.get("attack_acc"), r.get("victim_acc"), r.get("attack_detected")),
             ])
         lines.append(tabulate(rows, headers=["dataset", "method", "attack", "labels", "seed", "benign acc", "benign wsr",
                                              "victim acc", "victim wsr", "suspect acc", "fidelity", "suspect wsr",
                                              "queries", "outcome"], tablefmt="github"))
-        lines.append("outcome: detected = a working copy (accuracy ≥ 90 % of the victim's) verified by the watermark; "
-                     "evaded = a working copy not verified; theft failed = not a working copy (no claim)")
+        lines.append(f"outcome: detected = a working copy (accuracy ≥ {100 * (1 - DEFAULT_THEFT_TOLERANCE):.0f} % of the "
+                     "victim's) verified by the watermark; evaded = a working copy not verified; theft failed = not a "
+                     "working copy (no claim)")
     other = frame[frame["status"] != "ok"].drop_duplicates("cell_id")
     for _, r in other.iterrows():
         lines.append(f"{r['status']}: {r['method']} × {r['attack']}[{r['labels']}] on {r['dataset']} seed {r['seed']}"
@@ -190,22 +192,15 @@ def grid_spec(args: argparse.Namespace, **fields: Any) -> "GridSpec":
         spare_cpus=args.spare_cpus, progress=False if args.no_progress else None, **fields)
 
 
-def _out_folder(spec: "GridSpec") -> Path:
-    """The run folder as the user wrote it (``--out``), or the default one (relative)."""
-    from wmbench.registry import DATASETS
-    from wmbench.spec import default_run_dir
-
-    return Path(spec.out) if spec.out else default_run_dir(DATASETS.resolve_list(list(spec.datasets)), spec.profile)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    from wmbench.plan import run_dir_of
     from wmbench.runner import run
     from wmbench.spec import default_executor
 
     spec = grid_spec(args, sweeps=args.sweeps, executor=args.executor or default_executor(cli=True))
     frame = run(spec, on_record=_announce)
     print(summary_table(frame))
-    out = _out_folder(spec)
+    out = run_dir_of(spec)
     print(f"\nresults: {out}/results.parquet (and .csv); tables: wmbench report {out}")
     return 1 if (frame["status"] == "failed").any() else 0
 
@@ -224,6 +219,7 @@ def _announce(record: Dict[str, Any]) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from wmbench.calibrate import calibrate
+    from wmbench.plan import run_dir_of
     from wmbench.spec import default_executor
 
     spec = grid_spec(args, sweeps=args.sweeps, executor=args.executor or default_executor(cli=True))
@@ -233,7 +229,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from wmbench.report import calibration
 
     print(tabulate(calibration(frame), headers="keys", tablefmt="github", showindex=False, floatfmt=".4g"))
-    out = _out_folder(spec)
+    out = run_dir_of(spec)
     print(f"\nnull models: {out}; false-positive rates and calibrated thresholds: wmbench report {out}")
     return 1 if (frame["status"] == "failed").any() else 0
 
@@ -241,6 +237,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from wmbench.plan import run_dir_of
     from wmbench.tune import tune
 
     spec = grid_spec(args, sweeps=args.grid)
@@ -250,7 +247,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if col.endswith(("_acc", "_wsr", "_fidelity", "_detected")):
             shown[col] = shown[col].map(_pct)
     print(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
-    out = _out_folder(spec)
+    out = run_dir_of(spec)
     print(f"\ntrials: {out}/tune/ (percent: mean over each trial's cells); tables and figures: wmbench report {out}")
     failed = (frame["status"] == "failed").any() or ("error" in trials.columns and trials["error"].notna().any())
     return 1 if failed else 0

@@ -124,6 +124,9 @@ def evaluate_cell(cell: Cell, opts: RunOptions
         attacker_view = dataclasses.replace(data, owner=empty, test=empty)
         current = victim
         stages = cell.attack_stages
+        # A victim-free chain's models are shared by every method's cells (their store spec has no
+        # victim): curve points measured with this cell's key set must not travel with them.
+        shared = victim_free(cell)
         for index, (name, config_dict) in enumerate(zip(stages, cell.attack_configs)):
             attack_cls = ATTACKS.get(name)
             attack = attack_cls(resolve(attack_cls.Config, cell.profile, config_dict, section=f"attacks.{name}"))
@@ -134,11 +137,10 @@ def evaluate_cell(cell: Cell, opts: RunOptions
                                  watermark={"method": cell.method, "method_config": dict(cell.method_config),
                                             "keys_meta": dict(keys.meta)} if attack_cls.knows_watermark else {})
             spec = stage_spec(cell, index)
-            shared = victim_free(cell)
             last = index == len(stages) - 1
 
             def build_stolen(attack=attack, attack_cls=attack_cls, actx=actx, target_model=current, last=last,
-                             shared=shared, raw=False):
+                             raw=False):
                 needs = attack_cls.needs_for(attack.config)
                 if "weights" in needs:
                     target: Any = private_copy(target_model)
@@ -150,8 +152,6 @@ def evaluate_cell(cell: Cell, opts: RunOptions
                 outcome = attack.run(target, actx)
                 extra = {k: float(v) for k, v in outcome.metrics.items()}
                 extra.update(queries=float(outcome.queries), attack_s=time.perf_counter() - started)
-                # A victim-free stage's model is shared by every method's cells (its store spec has no
-                # victim): curve points measured with this cell's key set must not travel with it.
                 points = [{"step_name": step_name, "step": float(step), **evaluate(model)}
                           for step_name, step, model in outcome.snapshots] if last and not shared else []
                 meta = {"attack_metrics": extra, "curve": points}

@@ -243,7 +243,6 @@ class RayBackend:
 
         remote = ray.remote(_ray_task)
         waiting: List[Task] = graph.depth_first()  # dependencies always come first
-        # max_retries: Ray resubmits a task whose worker died; ``retries`` inside covers exceptions
         refs: Dict[str, Any] = {}
         running: Dict[Any, Tuple[Task, float]] = {}
         done: set = set()
@@ -254,6 +253,7 @@ class RayBackend:
                 shares = cpu_shares(len(ready), self.total_cpus - used_cpus, self.cpus_per_cell, self.node_cpus,
                                     share=self.spare_cpus == "share", free_slots=self._free_gpu_slots(used_gpus))
                 for task, cpus in zip(ready, shares):
+                    # max_retries: Ray resubmits a task whose worker died; ``retries`` inside covers exceptions
                     ref = remote.options(num_cpus=cpus, num_gpus=self.gpus, max_retries=retries).remote(
                         task.id, task.kind, task.cell, task_options(graph, task, opts), retries, max(1, int(cpus)),
                         *[refs[d] for d in task.deps])

@@ -149,9 +149,17 @@ def resolve_attacks(names: Sequence[str]) -> List[str]:
 
 
 def run_dir_of(spec: GridSpec) -> Path:
-    """The absolute run folder of ``spec`` (``--out``, else ``results/<datasets>-<profile>``)."""
-    out = Path(spec.out) if spec.out else default_run_dir(DATASETS.resolve_list(list(spec.datasets)), spec.profile)
-    return out.absolute()
+    """The run folder of ``spec`` as the user gave it (``--out``), else ``results/<datasets>-<profile>``."""
+    return Path(spec.out) if spec.out else default_run_dir(DATASETS.resolve_list(list(spec.datasets)), spec.profile)
+
+
+def settings_of(spec: GridSpec) -> Tuple[Dict[str, Any], Settings]:
+    """Load the spec's plugins, then its settings: the merged ``--config`` / ``--set`` tree and
+    the resolved shared sections of its profile."""
+    for module in spec.plugins:
+        load_plugin(module)
+    tree = merge_trees(load_config_file(spec.config) if spec.config else None, parse_set(spec.overrides))
+    return tree, build_settings(spec.profile, tree)
 
 
 def _as_set_value(value: Any) -> str:
@@ -167,13 +175,10 @@ def plan_run(spec: GridSpec, executor: str = "", combos: Optional[Sequence[Mappi
     Raises :class:`UserError` for unknown names, malformed overrides, missing data and grids with
     no runnable cell. Paths in the returned options are absolute (tasks may run elsewhere).
     """
-    for module in spec.plugins:
-        load_plugin(module)
+    tree, settings = settings_of(spec)
     method_names = METHODS.resolve_list(list(spec.methods))
     attack_names = resolve_attacks(spec.attacks)
     dataset_names = DATASETS.resolve_list(list(spec.datasets))
-    tree = merge_trees(load_config_file(spec.config) if spec.config else None, parse_set(spec.overrides))
-    settings = build_settings(spec.profile, tree)
     validate_overrides(settings)
     data_root = spec.data_root or settings.data.root
     download = spec.download or settings.data.download
@@ -190,7 +195,7 @@ def plan_run(spec: GridSpec, executor: str = "", combos: Optional[Sequence[Mappi
         if p.skipped_reason:
             log.warning("skipping %s × %s on %s: %s", p.cell.method, p.cell.attack, p.cell.dataset, p.skipped_reason)
 
-    run_dir = run_dir_of(spec)
+    run_dir = run_dir_of(spec).absolute()
     cache_dir = Path(spec.cache_dir).absolute() if spec.cache_dir else run_dir / "artifacts"
     for flag, folder in (("--out", run_dir), ("--cache-dir", cache_dir)):
         taken = next((p for p in (folder, *folder.parents) if p.exists()), None)

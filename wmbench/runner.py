@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import pandas as pd
 
@@ -64,14 +64,16 @@ def run(spec: GridSpec | Any = None, *args: Any, on_record: Optional[Callable[[D
         spec = spec.replace(**fields) if fields else spec
     else:
         spec = GridSpec.of(*(() if spec is None else (spec,)), *args, **fields)
+    return launch(spec, on_record=on_record)
+
+
+def launch(spec: GridSpec, combos: Optional[Sequence[Mapping[str, Any]]] = None,
+           on_record: Optional[Callable[[Dict[str, Any]], None]] = None) -> pd.DataFrame:
+    """Plan ``spec`` (``combos``: see :func:`~wmbench.plan.plan_run`), start its run folder, run
+    what is left of it on the spec's executor (:func:`run`'s default when it names none) and
+    return the long table of its cells."""
     executor = spec.executor_or(default_executor())
-    return execute_plan(plan_run(spec, executor="ray" if executor == "auto" else executor), spec, executor, on_record)
-
-
-def execute_plan(run_plan: RunPlan, spec: GridSpec, executor: str,
-                 on_record: Optional[Callable[[Dict[str, Any]], None]] = None) -> pd.DataFrame:
-    """Start the run folder of ``run_plan``, run what is left of it on ``executor`` (``spec``
-    gives the backend's resources) and return the long table of its cells."""
+    run_plan = plan_run(spec, executor="ray" if executor == "auto" else executor, combos=combos)
     backend = make_backend(spec, default=executor)
     start_run(run_plan)
     log.info("%d cells planned, %d to run", len(run_plan.planned), len(run_plan.todo))

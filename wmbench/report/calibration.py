@@ -40,7 +40,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from wmbench.errors import UserError
-from wmbench.report.common import DATASET_ORDER, METHOD_ORDER, finished
+from wmbench.report.common import DATASET_ORDER, DEFAULT_THRESHOLD, METHOD_ORDER, finished
 from wmbench.report.stats import TOLERANCE, clopper_pearson, min_null_models, normal_threshold
 
 __all__ = ["NULL_ATTACK", "MIN_NULL", "DEFAULT_ALPHA", "DEFAULT_THRESHOLD", "is_null_attack", "null_models",
@@ -52,7 +52,6 @@ NULL_ATTACK = "independent"
 MIN_NULL = 2
 DEFAULT_ALPHA = 0.05
 #: The verification threshold (fraction) when the results carry none (the paper's 20 %).
-DEFAULT_THRESHOLD = 0.2
 _GROUP = ["dataset", "model", "method"]
 _OWN = re.compile(r"variant=method:([A-Za-z0-9_\-]+)")
 

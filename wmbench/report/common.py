@@ -9,12 +9,14 @@ metrics are fractions. Imports only :mod:`wmbench.cache`; every other module of
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Optional, Tuple
 
 import pandas as pd
 
 from wmbench.cache import atomic_write_text
+from wmbench.config import VerifyConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,9 @@ METHOD_ORDER: Tuple[str, ...] = (
 )
 ATTACK_ORDER: Tuple[str, ...] = ("jbda", "knockoff", "dfme")
 LABELS_ORDER: Tuple[str, ...] = ("soft", "hard", "")
+
+#: The verification threshold (a fraction) where a table records none: the paper's 20 %.
+DEFAULT_THRESHOLD = VerifyConfig().threshold
 
 #: Curve steps whose *smaller* values are the stronger attack (bit widths, grey levels, crop
 #: scales): tables list them weakest first and figures invert their x axis.
@@ -148,3 +153,14 @@ def atomic_write(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (:func:`wmbench.cache.atomic_write_text`); return ``path``."""
     atomic_write_text(path, text)
     return path
+
+
+def slug(text: object) -> str:
+    """``text`` as a file-name part: runs of other characters become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", str(text)).strip("_") or "x"
+
+
+def threshold_percent(rows: pd.DataFrame, default: Optional[float] = None) -> Optional[float]:
+    """The first ``threshold`` metric of ``rows`` in percent, or ``default``."""
+    values = rows.loc[rows["metric"] == "threshold", "value"]
+    return float(values.iloc[0]) * 100.0 if not values.empty else default

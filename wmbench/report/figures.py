@@ -15,13 +15,12 @@ into ``OUT/figures/`` (``curve_<dataset>_<model>_<attack>[_<labels>]_<step_name>
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from wmbench.report.common import REVERSED_STEPS, finished_rows
+from wmbench.report.common import REVERSED_STEPS, finished_rows, slug, threshold_percent
 from wmbench.report.tables import curve_frame
 
 log = logging.getLogger(__name__)
@@ -53,11 +52,6 @@ def _reference(df: Optional[pd.DataFrame], dataset: str, model: str, methods: It
     return out.assign(value=out["value"] * 100.0)
 
 
-def _threshold(rows: pd.DataFrame) -> Optional[float]:
-    values = rows.loc[rows["metric"] == "threshold", "value"]
-    return float(values.iloc[0]) * 100.0 if not values.empty else None
-
-
 def plot_curve(rows: pd.DataFrame, title: str = "", reference: Optional[pd.DataFrame] = None,
                threshold: Optional[float] = None):
     """A matplotlib Figure of one sweep (``rows`` from :func:`~wmbench.report.tables.curve_frame`):
@@ -74,7 +68,7 @@ def plot_curve(rows: pd.DataFrame, title: str = "", reference: Optional[pd.DataF
     methods = sorted(rows["method"].unique())
     palette = dict(zip(methods, sns.color_palette("colorblind", max(len(methods), 1))))
     if threshold is None:
-        threshold = _threshold(rows)
+        threshold = threshold_percent(rows)
     for ax, metric in zip(axes, ("acc", "wsr")):
         part = rows[rows["metric"] == metric]
         if not part.empty:
@@ -101,15 +95,11 @@ def plot_curve(rows: pd.DataFrame, title: str = "", reference: Optional[pd.DataF
     return fig
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", text).strip("_") or "x"
-
-
 def figure_name(key: Sequence[str]) -> str:
     """``curve_<dataset>_<model>_<attack>[_<labels>]_<step_name>`` (file-system safe)."""
     dataset, model, attack, labels, step_name = key
     parts = [dataset, model, attack] + ([labels] if labels else []) + [step_name]
-    return "curve_" + "_".join(_slug(p) for p in parts)
+    return "curve_" + "_".join(slug(p) for p in parts)
 
 
 def write_figures(df: Optional[pd.DataFrame], out_dir: str | Path,

@@ -31,7 +31,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from wmbench.report.common import ATTACK_ORDER, LABELS_ORDER, METHOD_ORDER, atomic_write, finished, latex_escape
+from wmbench.report.common import DEFAULT_THRESHOLD as COMMON_THRESHOLD
+from wmbench.report.common import (
+    ATTACK_ORDER, LABELS_ORDER, METHOD_ORDER, atomic_write, finished, latex_escape, slug, threshold_percent,
+)
 from wmbench.report.tables import of_family
 
 log = logging.getLogger(__name__)
@@ -42,12 +45,8 @@ __all__ = [
 ]
 
 #: Threshold drawn when the results carry none (the paper's 20 %).
-DEFAULT_THRESHOLD = 20.0
+DEFAULT_THRESHOLD = 100 * COMMON_THRESHOLD  # percent, as the figures draw it
 _PERCENT = frozenset({"acc", "wsr", "fidelity"})
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", str(text)).strip("_") or "x"
 
 
 def _ok_rows(df: Optional[pd.DataFrame]) -> pd.DataFrame:
@@ -59,11 +58,6 @@ def _ok_rows(df: Optional[pd.DataFrame]) -> pd.DataFrame:
     rows = rows[rows["value"].notna()]
     fills = {c: rows[c].fillna("").astype(str) for c in ("model", "labels", "sweep") if c in rows.columns}
     return rows.assign(**fills)
-
-
-def _threshold(rows: pd.DataFrame) -> float:
-    values = rows.loc[rows["metric"] == "threshold", "value"]
-    return float(values.iloc[0]) * 100.0 if not values.empty else DEFAULT_THRESHOLD
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,7 +226,7 @@ def sweep_figure(rows: pd.DataFrame, title: str = "", threshold: Optional[float]
 
     key = str(rows["key"].iloc[0]) if not rows.empty else "value"
     if threshold is None:
-        threshold = _threshold(rows) if (rows["metric"] == "threshold").any() else DEFAULT_THRESHOLD
+        threshold = threshold_percent(rows, DEFAULT_THRESHOLD)
     rows = rows[rows["metric"].isin(["acc", "wsr"])]
     line = rows["method"].astype(str)
     if (rows["others"] != "").any():
@@ -295,26 +289,26 @@ def write_grid_figures(df: Optional[pd.DataFrame], out_dir: str | Path,
         return []
     folder = Path(out_dir) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
-    threshold = _threshold(_ok_rows(df))
+    threshold = threshold_percent(_ok_rows(df), DEFAULT_THRESHOLD)
     written: List[Path] = []
     for (dataset, model), table in heatmaps.items():
         if table.empty:
             continue
         fig = wsr_heatmap(table, title=f"{dataset} ({model}): stolen-model WSR (%), mean over seeds",
                           threshold=threshold)
-        written += _save(fig, folder, f"heatmap_wsr_{_slug(dataset)}_{_slug(model)}", formats)
+        written += _save(fig, folder, f"heatmap_wsr_{slug(dataset)}_{slug(model)}", formats)
     for (dataset, model), table in removal.items():  # attacks as rows: there are many of them
         if table.empty:
             continue
         fig = wsr_heatmap(table.T, title=f"{dataset} ({model}): WSR after removal / evasion attacks (%)",
                           threshold=threshold, xlabel="watermark method", ylabel="attack / label access",
                           value_label="WSR after the attack (%)")
-        written += _save(fig, folder, f"heatmap_wsr_removal_{_slug(dataset)}_{_slug(model)}", formats)
+        written += _save(fig, folder, f"heatmap_wsr_removal_{slug(dataset)}_{slug(model)}", formats)
     for (dataset, model, attack, labels, key), rows in sweeps:
         what = "victim" if attack == "none" else f"{attack}{'/' + labels if labels else ''}"
         fig = sweep_figure(rows, title=f"{dataset} ({model}): {what} — sweep of {key}")
         parts = [dataset, model, attack] + ([labels] if labels else []) + [_short_key(key)]
-        written += _save(fig, folder, "sweep_" + "_".join(_slug(p) for p in parts), formats)
+        written += _save(fig, folder, "sweep_" + "_".join(slug(p) for p in parts), formats)
     log.info("wrote %d grid figure files into %s", len(written), folder)
     return written
 

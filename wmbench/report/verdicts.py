@@ -39,7 +39,7 @@ from wmbench.report.common import ATTACK_ORDER, DATASET_ORDER, LABELS_ORDER, MET
 from wmbench.report.stats import TOLERANCE, clopper_pearson, empirical_p_value
 from wmbench.report.tables import attack_family
 
-__all__ = ["DEFAULT_THEFT_TOLERANCE", "OUTCOMES", "check_theft_tolerance", "outcome", "verdicts", "outcome_counts",
+__all__ = ["DEFAULT_THEFT_TOLERANCE", "OUTCOMES", "check_theft_tolerance", "working_copy", "outcome", "verdicts", "outcome_counts",
            "method_summary", "leaderboard", "majority_outcomes", "cell_outcomes", "VERDICT_COLUMNS"]
 
 #: Default relative accuracy loss a theft may have and still count as a working copy.
@@ -64,13 +64,19 @@ def check_theft_tolerance(value: object) -> float:
     return tolerance
 
 
+def working_copy(suspect_acc, victim_acc, theft_tolerance: float = DEFAULT_THEFT_TOLERANCE):
+    """Whether the suspect is a successful theft (``theft_ok``): accuracy ≥ (1 − tolerance) × the
+    victim's (fractions; scalars or pandas Series alike)."""
+    return suspect_acc >= (1 - theft_tolerance) * victim_acc - TOLERANCE
+
+
 def outcome(suspect_acc: float, victim_acc: float, detected: float,
             theft_tolerance: float = DEFAULT_THEFT_TOLERANCE) -> str:
     """The outcome of one cell from its fractions (see the module docstring); ``""`` when a value
-    is missing. :func:`verdicts` applies the same rule to a whole table."""
+    is missing."""
     if any(v is None or v != v for v in (suspect_acc, victim_acc, detected)):
         return ""
-    if suspect_acc < (1 - theft_tolerance) * victim_acc - TOLERANCE:
+    if not working_copy(suspect_acc, victim_acc, theft_tolerance):
         return "theft failed"
     return "detected" if detected >= 0.5 else "evaded"
 
@@ -120,9 +126,8 @@ def verdicts(df: Optional[pd.DataFrame], theft_tolerance: float = DEFAULT_THEFT_
     verified = cells["detected"].where(cells["detected"].notna(), (cells["wsr"] >= threshold - TOLERANCE).astype(float))
     verified = verified.where(cells["wsr"].notna() | cells["detected"].notna())
     known = cells["acc"].notna() & cells["victim_acc"].notna()
-    ok = cells["acc"] >= (1 - tolerance) * cells["victim_acc"] - TOLERANCE
-    outcome = np.where(~known | verified.isna(), "",
-                       np.where(~ok, "theft failed", np.where(verified >= 0.5, "detected", "evaded")))
+    ok = working_copy(cells["acc"], cells["victim_acc"], tolerance)
+    outcomes = [outcome(a, v, d, tolerance) for a, v, d in zip(cells["acc"], cells["victim_acc"], verified)]
     families = {a: attack_family(a) for a in cells["attack"].unique()}
     nulls = null_wsrs(null_models(df))
     p_null, n_null = [], []
@@ -136,7 +141,7 @@ def verdicts(df: Optional[pd.DataFrame], theft_tolerance: float = DEFAULT_THEFT_
         "acc_ratio": cells["acc"] / cells["victim_acc"], "wsr": 100 * cells["wsr"], "threshold": 100 * threshold,
         "detected": pd.array([None if pd.isna(v) else bool(v >= 0.5) for v in verified], dtype="boolean"),
         "theft_ok": pd.array([None if not k else bool(o) for k, o in zip(known, ok)], dtype="boolean"),
-        "outcome": outcome, "p_value_chance": cells["p_value_chance"], "p_value_benign": cells["p_value_benign"],
+        "outcome": outcomes, "p_value_chance": cells["p_value_chance"], "p_value_benign": cells["p_value_benign"],
         "p_value_null": p_null, "n_null": n_null,
     })
     return _sorted(out, ["seed"])
