@@ -88,9 +88,9 @@ class Context:
         """Penultimate features (``model.features``) of ``x``, batched, on CPU."""
         model.eval()
         model.to(self.device)
-        outs = [model.features(x[i : i + batch_size].to(self.device)).float().cpu()
+        outs = [model.features(x[i : i + batch_size].to(self.device)).float()
                 for i in range(0, x.shape[0], batch_size)]
-        return torch.cat(outs) if outs else torch.empty(0)
+        return torch.cat(outs).cpu() if outs else torch.empty(0)
 
     @property
     def input_shape(self) -> Tuple[int, int, int]:

@@ -101,13 +101,14 @@ class Blackbox:
         self._queries += n
         model = self.__model
         model.eval()
+        model.to(self.device)  # a victim loaded from the artifact store arrives on the CPU
         outs = []
         for i in range(0, n, self.batch_size):
             logits = model(x[i : i + self.batch_size].to(self.device)).float()
-            outs.append(self._postprocess(logits).cpu())
+            outs.append(self._postprocess(logits))
         if not outs:
             return torch.empty(0, dtype=torch.long) if self._mode == "labels" else torch.empty(0, self.num_classes)
-        return torch.cat(outs)
+        return torch.cat(outs).cpu()  # one copy back from an accelerator, not one per batch
 
     def _postprocess(self, logits: Tensor) -> Tensor:
         if self._mode == "labels":

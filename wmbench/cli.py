@@ -58,6 +58,8 @@ def _add_grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retries", type=int, default=1, help="retries of a failed cell before it is recorded failed "
                                                            "(default: 1)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default: auto)")
+    p.add_argument("--compile", action="store_true",
+                   help="train through torch.compile (pays off on long schedules; results within float tolerance)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_plugin(p)
 
@@ -189,7 +191,7 @@ def grid_spec(args: argparse.Namespace, **fields: Any) -> "GridSpec":
         config=args.config, data_root=args.data_root, download=args.download, out=args.out, cache_dir=args.cache_dir,
         ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell,
         retries=args.retries, overwrite=args.overwrite, plugins=args.plugin, device=args.device,
-        spare_cpus=args.spare_cpus, progress=False if args.no_progress else None, **fields)
+        spare_cpus=args.spare_cpus, compile=args.compile, progress=False if args.no_progress else None, **fields)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -53,12 +53,15 @@ def git_sha() -> str:
 def provenance(device: str) -> Dict[str, Any]:
     import torch
 
+    from wmbench.training import current_engine
+
     return {
         "wmbench_version": __version__,
         "git_sha": git_sha(),
         "torch_version": torch.__version__,
         "device": device,
         "torch_threads": torch.get_num_threads(),
+        "engine": current_engine().as_dict(),
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "schema_version": SCHEMA_VERSION,

@@ -129,6 +129,8 @@ class GridSpec:
     ``gpus_per_cell`` (None: one where the cluster has GPUs), ``spare_cpus`` (``share``: a task
     that starts while fewer are runnable than CPU slots also gets the idle CPUs; ``none``: exactly
     ``cpus_per_cell``, for bit-identical CPU numbers whatever the grid's shape), ``retries``, ``device``,
+    ``compile`` (train through ``torch.compile``: :class:`~wmbench.training.Engine`; not part of a
+    cell's identity),
     ``progress`` (None: when stderr is a terminal), ``plugins`` (modules imported first).
 
     Sequences may be given as comma-separated strings; they are stored as tuples, so two specs
@@ -150,6 +152,7 @@ class GridSpec:
     overwrite: bool = False
     plugins: Tuple[str, ...] = ()
     device: str = "auto"
+    compile: bool = False
     progress: Optional[bool] = None
     executor: str = ""
     ray_address: Optional[str] = None

@@ -35,6 +35,7 @@ from wmbench.evaluate import CellLog, evaluate_cell, failed_cell_record, run_cel
 from wmbench.plan import RunOptions
 from wmbench.records import finished, write_cell
 from wmbench.registry import ATTACKS, load_plugin
+from wmbench.training import Engine, use_engine
 
 log = logging.getLogger(__name__)
 
@@ -246,9 +247,10 @@ def run_task(task_id: str, kind: str, cell_dict: Mapping[str, Any], opts_dict: M
             return failed_cell_record(cell_dict, opts_dict, error, first.get("traceback", ""))
         return {"task": task_id, "status": "failed", "error": error, "traceback": first.get("traceback", ""),
                 "wall_s": 0.0, "attempts": 0}
-    if kind == "cell":
-        return _run_cell_task(cell_dict, opts_dict, retries)
-    return _run_artifact_task(task_id, kind, cell_dict, opts_dict, retries)
+    with use_engine(Engine(compile=bool(opts_dict.get("compile")))):
+        if kind == "cell":
+            return _run_cell_task(cell_dict, opts_dict, retries)
+        return _run_artifact_task(task_id, kind, cell_dict, opts_dict, retries)
 
 
 def task_options(graph: TaskGraph, task: Task, opts: Mapping[str, Any]) -> Dict[str, Any]:
