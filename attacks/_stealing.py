@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from wmbench.api import AttackContext
 from wmbench.blackbox import Blackbox
 from wmbench.config import OPTIMIZERS, TrainConfig
-from wmbench.data import Split, conform, load_data
+from wmbench.data import Split, conform, training_pool
 from wmbench.errors import UserError
 from wmbench.registry import DATASETS, MODELS
 from wmbench.training import Batch, BatchSource, LossFn, cross_entropy
@@ -150,9 +150,8 @@ def query_pool(ctx: AttackContext, query_set: Optional[str], classes: Optional[S
     if query_set is None or query_set == ATTACKER_POOL:
         pool = ctx.data.attacker
     else:
-        bundle = load_data(query_set, root=ctx.data_root, download=ctx.download)
-        pool = Split(torch.cat([bundle.owner.x, bundle.attacker.x]), torch.cat([bundle.owner.y, bundle.attacker.y]))
-        pool = conform(pool, ctx.data.channels, ctx.data.size)
+        pool = conform(training_pool(query_set, root=ctx.data_root, download=ctx.download), ctx.data.channels,
+                       ctx.data.size)
     if classes is not None:
         mask = torch.isin(pool.y, torch.as_tensor(list(classes), dtype=pool.y.dtype))
         pool = pool.subset(mask)

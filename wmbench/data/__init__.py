@@ -1,4 +1,5 @@
-"""Datasets held in memory as tensors, split into owner / attacker / test parts.
+"""Datasets held in memory as tensors (sets larger than memory in ``uint8`` shards on disk,
+:mod:`wmbench.data.shards`), split into owner / attacker / test parts.
 
 See :mod:`wmbench.data.base` for the design. Sources are registered in
 :data:`wmbench.registry.DATASETS` and imported on first use.
@@ -12,7 +13,9 @@ from wmbench.data.base import (
     load_data,
     resolve_root,
     split_indices,
+    training_pool,
 )
+from wmbench.data.shards import ImageArray
 
 __all__ = [
     "Split",
@@ -23,4 +26,6 @@ __all__ = [
     "clear_cache",
     "resolve_root",
     "split_indices",
+    "training_pool",
+    "ImageArray",
 ]

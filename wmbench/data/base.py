@@ -1,7 +1,10 @@
 """In-memory datasets, the owner/attacker split and format conversion.
 
 Every dataset is held in memory as tensors: images ``float32`` in ``[0, 1]`` with shape
-``[N, C, H, W]`` (``H == W``) and labels ``int64`` with shape ``[N]``. A
+``[N, C, H, W]`` (``H == W``) and labels ``int64`` with shape ``[N]`` — except a set larger than
+memory, whose images stay in a ``uint8`` shard on disk (:class:`~wmbench.data.shards.ImageArray`,
+read in batches); of such a set only the attacker's split and query pools stay on disk, the
+owner's and test splits are read into memory (cap them with ``owner_size`` / ``test_size``). A
 :class:`DatasetSource` reads (or generates) the train and test sets; :func:`load_data` turns
 them into a :class:`DataBundle` in which the training set is divided, with a fixed-seed
 permutation, into two disjoint parts: the *owner's* data (used to train the watermarked model)
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wmbench.data.shards import ImageArray
 from wmbench.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -54,15 +58,16 @@ IndexLike = Union[Tensor, Sequence[int]]
 class Split:
     """A set of images ``x`` (``float32 [N, C, H, W]`` in ``[0, 1]``) and labels ``y`` (``int64 [N]``).
 
-    Equality is identity (``eq=False``): comparing tensors element-wise is never what a
-    caller wants from ``==`` on a data split.
+    ``x`` is a tensor, or an :class:`~wmbench.data.shards.ImageArray` for a set kept on disk
+    (indexing it gives tensors; :meth:`in_memory` reads it all). Equality is identity
+    (``eq=False``): comparing tensors element-wise is never what a caller wants from ``==``.
     """
 
-    x: Tensor
+    x: Union[Tensor, ImageArray]
     y: Tensor
 
     def __post_init__(self) -> None:
-        if not isinstance(self.x, Tensor) or not isinstance(self.y, Tensor):
+        if not isinstance(self.x, (Tensor, ImageArray)) or not isinstance(self.y, Tensor):
             raise TypeError("Split needs tensors x and y")
         if self.x.dim() != 4:
             raise ValueError(f"Split.x must have shape [N, C, H, W], got {tuple(self.x.shape)}")
@@ -85,7 +90,18 @@ class Split:
             idx = index if index.dtype == torch.bool else index.to(torch.long)
         else:
             idx = torch.as_tensor(list(index), dtype=torch.long)
+        if isinstance(self.x, ImageArray):
+            return Split(self.x.rows(idx), self.y[idx])
         return Split(self.x[idx], self.y[idx])
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the images are read from a shard on demand."""
+        return isinstance(self.x, ImageArray)
+
+    def in_memory(self) -> "Split":
+        """This split with its images in memory (itself when they are already)."""
+        return Split(self.x.materialize(), self.y) if isinstance(self.x, ImageArray) else self
 
     def take(self, n: Optional[int], seed: int) -> "Split":
         """A seeded random subset of ``n`` rows, or ``self`` when ``n`` is None or ``>= len(self)``."""
@@ -336,9 +352,11 @@ def _load_bundle(
 ) -> DataBundle:
     source, train, test = _load_source(name, root, download, frozen_options)
     owner_idx, attacker_idx = split_indices(len(train), attacker_fraction, split_seed)
-    owner = train.subset(owner_idx).take(owner_size, split_seed + 1)
+    # the owner's data and the test set are read into memory (methods embed, evaluation scores);
+    # the attacker's split, a query pool, stays on disk when the source streams
+    owner = train.subset(owner_idx).take(owner_size, split_seed + 1).in_memory()
     attacker = train.subset(attacker_idx).take(attacker_size, split_seed + 2)
-    test_split = test.take(test_size, split_seed + 3)
+    test_split = test.take(test_size, split_seed + 3).in_memory()
     info: Dict[str, Any] = {
         "dataset": name,
         "source": source.source_path,
@@ -404,6 +422,15 @@ def load_data(
     )
 
 
+def training_pool(name: str, *, root: Optional[Union[str, os.PathLike]] = None, download: bool = False,
+                  options: Optional[Mapping[str, Any]] = None) -> Split:
+    """The whole training split of dataset ``name`` as a query pool: the owner's rows, then the
+    attacker's, of :func:`load_data`'s default split — on disk when the source streams."""
+    _, train, _ = _load_source(name, resolve_root(root), bool(download), _freeze(dict(options or {})))
+    owner_idx, attacker_idx = split_indices(len(train), 1 / 3, 1337)
+    return train.subset(torch.cat([owner_idx, attacker_idx]))
+
+
 def clear_cache() -> None:
     """Forget every memoised load (e.g. after files on disk changed)."""
     _load_bundle.cache_clear()
@@ -443,19 +470,25 @@ def conform(split: Split, channels: int, size: int) -> Split:
         return split
     if c != channels and not (c == 1 or (c == 3 and channels == 1)):
         _convert_channels(split.x[:0], channels)  # raises the UserError
-    shrink = size < max(h, w)
-    parts = []
-    for start in range(0, max(len(split), 1), _CONFORM_CHUNK):
-        part = split.x[start:start + _CONFORM_CHUNK].to(torch.float32)
-        if part.shape[0] == 0:
-            parts.append(part.new_zeros((0, channels, size, size)))
-            continue
-        if c == 3 and channels == 1:
-            part = _convert_channels(part, channels)  # shrink channels before resizing
-        if (h, w) != (size, size):
-            part = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
-        if part.shape[1] != channels:
-            part = _convert_channels(part, channels)  # grow channels after resizing
-        parts.append(part.clamp(0.0, 1.0))
+    convert = functools.partial(_conform_part, channels=channels, size=size)
+    if isinstance(split.x, ImageArray):  # converted batch by batch as it is read
+        return Split(split.x.converted(convert, (channels, size, size)), split.y)
+    parts = [convert(split.x[start:start + _CONFORM_CHUNK].to(torch.float32))
+             for start in range(0, max(len(split), 1), _CONFORM_CHUNK)]
     x = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
     return Split(x.contiguous(), split.y)
+
+
+def _conform_part(part: Tensor, channels: int, size: int) -> Tensor:
+    """One batch of :func:`conform`'s work (each image is converted on its own)."""
+    c, h, w = part.shape[1:]
+    if part.shape[0] == 0:
+        return part.new_zeros((0, channels, size, size))
+    if c == 3 and channels == 1:
+        part = _convert_channels(part, channels)  # shrink channels before resizing
+    if (h, w) != (size, size):
+        part = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False,
+                             antialias=size < max(h, w))
+    if part.shape[1] != channels:
+        part = _convert_channels(part, channels)  # grow channels after resizing
+    return part.clamp(0.0, 1.0)

@@ -4,7 +4,9 @@ Serves Tiny ImageNet (Le and Yang, "Tiny ImageNet Visual Recognition Challenge",
 report, 2015, http://cs231n.stanford.edu/reports/2015/pdfs/yle_project.pdf), ImageNet subsets
 (Russakovsky et al., "ImageNet Large Scale Visual Recognition Challenge", IJCV 2015,
 https://arxiv.org/abs/1409.0575), COCO crops and similar data. Every image is decoded once
-with PIL, centre-cropped to a square, resized to ``size`` and kept in memory.
+with PIL, centre-cropped to a square and resized to ``size``; a tree whose decoded images fit
+the memory budget is kept in memory, a larger one is decoded once into a ``uint8`` shard on
+disk (:mod:`wmbench.data.shards`) and read in batches — with the same numbers either way.
 
 Layout: ``ROOT/<train_dir>/<class>/*.jpg`` and optionally ``ROOT/<test_dir>/<class>/*.jpg``
 (``test_dir`` defaults to the first existing of ``val`` and ``test``). Tiny ImageNet's flat
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from wmbench.data.base import DATA_ENV, DatasetSource, Split, channel_stats, check_root_exists
+from wmbench.data.shards import ImageArray, default_shard_dir, find_shard, shard_key, write_shard
 from wmbench.errors import UserError
 from wmbench.registry import register_dataset
 
@@ -31,6 +34,16 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 TEST_DIR_CANDIDATES = ("val", "test")
 #: Fraction of each class held out as test data when the tree has no test folder.
 HOLDOUT_FRACTION = 0.2
+STREAM_MODES = ("auto", "always", "never")
+
+
+def default_memory_budget() -> int:
+    """Bytes a decoded set may take in memory before ``stream=auto`` keeps it on disk: a quarter
+    of the machine's physical memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
 
 
 def _is_image(name: str) -> bool:
@@ -77,7 +90,11 @@ class ImageFolderData(DatasetSource):
     (None: all; else the first N files of each class, in sorted order, per split),
     ``train_dir`` ("train"), ``test_dir`` (None: first existing of "val", "test"),
     ``split_seed`` (0; for the 80/20 hold-out when there is no test folder), ``workers``
-    (2; decoding threads).
+    (2; decoding threads), ``stream`` (``auto``: keep a split on disk when its decoded float32
+    images would exceed ``memory_budget_mb``; ``always``; ``never``), ``memory_budget_mb`` (None:
+    a quarter of physical memory), ``shard_dir`` (None: ``$WMBENCH_SHARDS``, else
+    ``~/.cache/wmbench/shards``; where the decoded ``uint8`` shards are written once and reused).
+    Streaming changes memory and speed only, never the images a model sees.
     """
 
     name = "imagefolder"
@@ -102,6 +119,9 @@ class ImageFolderData(DatasetSource):
         "test_dir": None,
         "split_seed": 0,
         "workers": 2,
+        "stream": "auto",
+        "memory_budget_mb": None,
+        "shard_dir": None,
     }
 
     def __init__(self, **options: object) -> None:
@@ -113,6 +133,11 @@ class ImageFolderData(DatasetSource):
         self.max_per_class = self._int_option("max_per_class", minimum=1, allow_none=True)
         self.split_seed = int(self._int_option("split_seed", minimum=0))  # type: ignore[arg-type]
         self.workers = int(self._int_option("workers", minimum=1))  # type: ignore[arg-type]
+        if self.options["stream"] not in STREAM_MODES:
+            raise UserError(f"dataset 'imagefolder' option stream must be one of {', '.join(STREAM_MODES)}, "
+                            f"got {self.options['stream']!r}")
+        budget_mb = self._int_option("memory_budget_mb", minimum=0, allow_none=True)
+        self.memory_budget = default_memory_budget() if budget_mb is None else int(budget_mb) << 20
         self.mean = (0.5,) * self.channels
         self.std = (0.25,) * self.channels
 
@@ -202,9 +227,32 @@ class ImageFolderData(DatasetSource):
         return sorted(train_idx), sorted(test_idx)
 
     # -- loading -----------------------------------------------------------------------------
+    def _streams(self, count: int) -> bool:
+        """Whether ``count`` decoded images stay on disk (see the ``stream`` option)."""
+        if self.options["stream"] != "auto":
+            return self.options["stream"] == "always"
+        return count * self.channels * self.size * self.size * 4 > self.memory_budget
+
+    def _shard(self, paths: Sequence[str], mode: str) -> ImageArray:
+        folder = os.path.abspath(os.path.expanduser(str(self.options["shard_dir"] or default_shard_dir())))
+        key = shard_key(paths, self.size, self.channels)
+        found = find_shard(folder, key)
+        if found is not None:
+            log.info("image shard %s: %d images, reused", os.path.join(folder, key), len(found))
+            return found
+        log.info("decoding %d images into the shard %s", len(paths), os.path.join(folder, key))
+        try:
+            return write_shard(folder, key, paths, lambda p: _load_image(p, self.size, mode), size=self.size,
+                               channels=self.channels, workers=self.workers)
+        except OSError as exc:
+            raise UserError(f"cannot write the image shard under {folder}: {exc.strerror or exc}; "
+                            "give a writable folder with option shard_dir=DIR or $WMBENCH_SHARDS") from None
+
     def _read(self, items: Sequence[Tuple[str, int]]) -> Split:
         mode = "RGB" if self.channels == 3 else "L"
         paths = [p for p, _ in items]
+        if self._streams(len(paths)):
+            return Split(self._shard(paths, mode), torch.tensor([label for _, label in items], dtype=torch.int64))
         if self.workers > 1 and len(paths) > 64:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 arrays = list(pool.map(lambda p: _load_image(p, self.size, mode), paths))
@@ -244,6 +292,6 @@ class ImageFolderData(DatasetSource):
         self.class_names = tuple(classes)
         train = self._read(train_items)
         test = self._read(test_items)
-        self.mean, self.std = channel_stats(train.x)
+        self.mean, self.std = channel_stats(train.x, chunk=1024)  # bounded memory on a streamed set too
         self.source_path = path
         return train, test
