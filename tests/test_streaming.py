@@ -197,3 +197,19 @@ def test_an_unwritable_shard_folder_is_one_clear_error(tree, tmp_path, monkeypat
     monkeypatch.setattr(shards.os, "makedirs", deny)
     with pytest.raises(UserError, match="cannot write the image shard .*shard_dir"):
         _load(tree, stream="always")
+
+
+def test_fit_reads_an_on_disk_set_batch_by_batch(tree, monkeypatch):
+    """A split on disk can be trained on directly; the GPU engine's resident copy is skipped for it
+    (the CPU stands in for an accelerator here)."""
+    from wmbench import training
+    from wmbench.config import TrainConfig
+    from wmbench.models import build_model
+
+    monkeypatch.setattr(training, "_on_device", lambda device: True)
+    pool = _load(tree, stream="always").attacker
+    assert pool.on_disk
+    torch.manual_seed(0)
+    model = build_model("naivenet", in_channels=3, num_classes=CLASSES, input_size=SIZE)
+    history = training.fit(model, (pool.x, pool.y), TrainConfig(epochs=1, batch_size=128, lr_step=0), progress=False)
+    assert len(history) == 1 and history[0]["loss"] > 0

@@ -161,7 +161,8 @@ def tensor_batches(*tensors: Tensor, batch_size: int, shuffle: bool = True, drop
 
     def batches(epoch: int, gen: torch.Generator) -> Iterator[Batch]:
         data, packed = tuple(tensors), (False,) * len(tensors)
-        if device is not None and _on_device(device) and current_engine().resident:
+        if (device is not None and _on_device(device) and current_engine().resident
+                and all(isinstance(t, Tensor) for t in tensors)):  # an on-disk ImageArray is read per batch
             if "data" not in held:
                 held["data"] = to_device(tensors, device)
             data, packed = held["data"]
