@@ -39,6 +39,8 @@ from wmbench.config import OPTIMIZERS, TrainConfig
 from wmbench.data import Split, conform, training_pool
 from wmbench.errors import UserError
 from wmbench.registry import DATASETS, MODELS
+
+from wmbench.augment import TRANSFORMS as POOL_TRANSFORMS, Transform
 from wmbench.training import Batch, BatchSource, LossFn, cross_entropy
 
 log = logging.getLogger(__name__)
@@ -66,15 +68,21 @@ def validate_stealing(section: str, cfg: Any) -> None:
     names = DATASETS.names()
     for key in ("query_set", "proxy_set"):
         value = getattr(cfg, key, None)
-        if value is not None and value != ATTACKER_POOL and value not in names:
-            raise UserError(f"unknown {section}.{key} {value!r}; available: {ATTACKER_POOL}, {', '.join(names)}")
+        if value is not None and any(part != ATTACKER_POOL and part not in names for part in pool_parts(value)):
+            raise UserError(f"unknown {section}.{key} {value!r}; available: {ATTACKER_POOL}, {', '.join(names)}, "
+                            "or several joined by '+'")
     if has("query_sets") and cfg.query_sets:
         for value in cfg.query_sets:
-            if value != ATTACKER_POOL and value not in names:
+            if any(part != ATTACKER_POOL and part not in names for part in pool_parts(value)):
                 raise UserError(f"unknown dataset {value!r} in {section}.query_sets; available: "
-                                f"{ATTACKER_POOL}, {', '.join(names)}")
+                                f"{ATTACKER_POOL}, {', '.join(names)}, or several joined by '+'")
         if getattr(cfg, "query_set", None) is not None:
             raise UserError(f"{section}: give either query_set or query_sets (distribution shift), not both")
+    if has("pool_transforms"):
+        bad = [t for t in cfg.pool_transforms if t not in POOL_TRANSFORMS]
+        if bad or len(set(cfg.pool_transforms)) != len(cfg.pool_transforms):
+            raise UserError(f"{section}.pool_transforms must be distinct names among {', '.join(POOL_TRANSFORMS)}, "
+                            f"got {list(cfg.pool_transforms)}")
     if has("classes") and cfg.classes is not None:
         if not cfg.classes or any(c < 0 for c in cfg.classes) or len(set(cfg.classes)) != len(cfg.classes):
             raise UserError(f"{section}.classes must be distinct non-negative class indices, got {list(cfg.classes)}")
@@ -138,20 +146,30 @@ def snapshot(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 # Query pools
 # --------------------------------------------------------------------------------------------
+def pool_parts(query_set: Optional[str]) -> List[str]:
+    """The sets of a pool name: ``"mnist+kmnist"`` is MNIST's and Kuzushiji-MNIST's images."""
+    return [part.strip() for part in str(query_set).split("+")] if query_set is not None else [ATTACKER_POOL]
+
+
 def query_pool(ctx: AttackContext, query_set: Optional[str], classes: Optional[Sequence[int]] = None) -> Split:
     """The attacker's query pool, shaped like the victim's inputs.
 
     ``query_set`` None (or ``"attacker"``) is the attacker's split of the victim's dataset
     (disjoint from the owner's data); any registered dataset name uses that dataset's whole
-    training split (its owner and attacker parts), converted to the victim's channels and size.
-    ``classes`` keeps only the pool images whose (pool) label is in the list: the partial
-    functionality scenario, where the attacker holds data of some classes only.
+    training split (its owner and attacker parts), converted to the victim's channels and size;
+    several joined by ``+`` (``"attacker+mnist"``) pool their images, in that order (labels are each
+    set's own; they are never shown to the victim). ``classes`` keeps only the pool images whose
+    (pool) label is in the list: the partial functionality scenario, where the attacker holds
+    data of some classes only.
     """
-    if query_set is None or query_set == ATTACKER_POOL:
-        pool = ctx.data.attacker
-    else:
-        pool = conform(training_pool(query_set, root=ctx.data_root, download=ctx.download), ctx.data.channels,
-                       ctx.data.size)
+    parts = []
+    for part in pool_parts(query_set):
+        if part == ATTACKER_POOL:
+            parts.append(ctx.data.attacker)
+        else:
+            parts.append(conform(training_pool(part, root=ctx.data_root, download=ctx.download), ctx.data.channels,
+                                 ctx.data.size))
+    pool = parts[0] if len(parts) == 1 else _joined(parts, query_set)
     if classes is not None:
         mask = torch.isin(pool.y, torch.as_tensor(list(classes), dtype=pool.y.dtype))
         pool = pool.subset(mask)
@@ -163,13 +181,20 @@ def query_pool(ctx: AttackContext, query_set: Optional[str], classes: Optional[S
     return pool
 
 
+def _joined(parts: Sequence[Split], name: Optional[str]) -> Split:
+    if any(p.on_disk for p in parts):
+        raise UserError(f"the pool {name!r} joins a set kept on disk with others; join sets that fit in memory, "
+                        "or query the large set on its own")
+    return Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+
+
 def pool_metrics(pool: Split, query_set: Optional[str], prefix: str = "pool") -> Dict[str, float]:
     """Numbers describing a query pool for :attr:`AttackOutcome.metrics` (its dataset is the
     ``query_set`` of the cell's attack config; None = the attacker split, i.e. in-distribution)."""
     return {
         f"{prefix}_size": float(len(pool)),
         f"{prefix}_classes": float(torch.unique(pool.y).numel()),
-        f"{prefix}_in_distribution": float(query_set is None or query_set == ATTACKER_POOL),
+        f"{prefix}_in_distribution": float(all(part == ATTACKER_POOL for part in pool_parts(query_set))),
     }
 
 
@@ -224,23 +249,29 @@ def query_victim(target: Blackbox, x: Tensor, *, labels: str, noise: float = 0.0
 
 
 def query_rows(target: Blackbox, source: Tensor, index: Tensor, *, labels: str, noise: float = 0.0,
-               gen: Optional[torch.Generator] = None, batch_size: int = 256) -> Tuple[Optional[Tensor], Tensor]:
+               gen: Optional[torch.Generator] = None, batch_size: int = 256,
+               transform: Optional[Transform] = None) -> Tuple[Optional[Tensor], Tensor]:
     """Query ``source[index]`` streaming: one batch of images is gathered at a time.
 
-    Returns ``(images sent or None, targets)``: None when no noise is added (the images are
-    the pool rows, so no copy is kept); with noise, the noisy images actually sent.
+    ``transform`` (:func:`wmbench.augment.compose`) changes each batch before the
+    noise. Returns ``(images sent or None, targets)``: None when the images sent are the pool rows
+    (no transform, no noise: no copy is kept); otherwise the images actually sent.
     """
+    changed = noise > 0 or transform is not None
     sent: List[Tensor] = []
     outs: List[Tensor] = []
     for start in range(0, index.shape[0], batch_size):
-        chunk = add_query_noise(source[index[start:start + batch_size]], noise, gen)
-        if noise > 0:
+        chunk = source[index[start:start + batch_size]]
+        if transform is not None:
+            chunk = transform(chunk)
+        chunk = add_query_noise(chunk, noise, gen)
+        if changed:
             sent.append(chunk)
         outs.append(as_targets(target(chunk), target, labels))
     if not outs:
-        return (source[:0] if noise > 0 else None), (torch.empty(0, dtype=torch.long) if labels == "hard"
-                                                      else torch.empty(0, target.num_classes))
-    return (torch.cat(sent) if noise > 0 else None), torch.cat(outs)
+        return (source[:0] if changed else None), (torch.empty(0, dtype=torch.long) if labels == "hard"
+                                                    else torch.empty(0, target.num_classes))
+    return (torch.cat(sent) if changed else None), torch.cat(outs)
 
 
 def log_probs_from(probs: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ Knockoff: ``classes``, ``query_noise``, ``adv_eps``/``adv_fraction``, ``arch``, 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional, Tuple
 
 from torch import nn
@@ -37,7 +37,9 @@ from wmbench.attacks._stealing import (
     FGSMAugment, TransferSet, check_access, cycled_order, distillation_loss, pool_metrics, query_pool, query_rows,
     student_model, train_config, train_student, validate_stealing,
 )
+from wmbench.augment import compose as pool_transform
 from wmbench.blackbox import Blackbox
+from wmbench.config import NEW_SETTING
 from wmbench.errors import UserError
 from wmbench.registry import register_attack
 from wmbench.utils import generator
@@ -54,6 +56,8 @@ class DistillConfig:
     query_set: str | None = None   None = attacker split of the victim's dataset, else a dataset name.
     classes: tuple | None = None   keep only pool images of these classes (partial functionality).
     query_noise: float = 0.0       std of Gaussian noise added to every query.
+    pool_transforms: tuple = ()    transformations of each query batch: flip, crop, mixup, cutmix
+                                   (:mod:`wmbench.augment`); the transformed images are sent.
     adv_eps: float = 0.0           FGSM step of adversarial-training stealing; 0 = off.
     adv_fraction: float = 0.1      share of the transfer set turned into FGSM queries each epoch.
     arch: str | None = None        student architecture; None = the victim's.
@@ -75,6 +79,7 @@ class DistillConfig:
     query_set: Optional[str] = None
     classes: Optional[Tuple[int, ...]] = None
     query_noise: float = 0.0
+    pool_transforms: Tuple[str, ...] = field(default=(), metadata=NEW_SETTING)
     adv_eps: float = 0.0
     adv_fraction: float = 0.1
     arch: Optional[str] = None
@@ -120,8 +125,9 @@ class Distill(Attack):
         budget = cfg.budget or len(pool)
         order = cycled_order(len(pool), budget, generator(ctx.seed_for("distill", "sampling")))
         noise_gen = generator(ctx.seed_for("distill", "noise"))
+        transform = pool_transform(cfg.pool_transforms, generator(ctx.seed_for("distill", "pool_transforms")))
         sent, probs = query_rows(target, pool.x, order, labels="soft", noise=cfg.query_noise, gen=noise_gen,
-                                 batch_size=cfg.query_batch_size)
+                                 batch_size=cfg.query_batch_size, transform=transform)
         transfer = TransferSet()
         if sent is None:
             transfer.add(pool.x, probs, index=order)

@@ -53,7 +53,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
@@ -66,7 +66,8 @@ from wmbench.attacks._stealing import (
     snapshot, student_model, train_config, train_student, validate_stealing,
 )
 from wmbench.blackbox import Blackbox
-from wmbench.config import TrainConfig
+from wmbench.augment import compose as pool_transform
+from wmbench.config import NEW_SETTING, TrainConfig
 from wmbench.data import Split
 from wmbench.errors import UserError
 from wmbench.registry import register_attack
@@ -96,6 +97,8 @@ class KnockoffConfig:
     h_cap: float = 20.0            bandit preferences H are clipped to [-h_cap, h_cap].
     classes: tuple | None = None   keep only pool images of these (pool) classes (partial functionality).
     query_noise: float = 0.0       std of Gaussian noise added to every query (pixel space).
+    pool_transforms: tuple = ()    transformations of each query batch, in order: flip, crop, mixup,
+                                   cutmix (:mod:`wmbench.augment`); the transformed images are sent.
     adv_eps: float = 0.0           FGSM step of adversarial-training stealing; 0 = off.
     adv_fraction: float = 0.1      share of the transfer set turned into FGSM queries each epoch.
     query_sets: tuple = ()         distribution shift: datasets queried in rounds ("attacker" = the split).
@@ -122,6 +125,7 @@ class KnockoffConfig:
     h_cap: float = 20.0
     classes: Optional[Tuple[int, ...]] = None
     query_noise: float = 0.0
+    pool_transforms: Tuple[str, ...] = field(default=(), metadata=NEW_SETTING)
     adv_eps: float = 0.0
     adv_fraction: float = 0.1
     query_sets: Tuple[str, ...] = ()
@@ -288,7 +292,7 @@ class Knockoff(Attack):
         else:
             order = cycled_order(len(pool), budget, generator(ctx.seed_for("knockoff", "sampling")))
             sent, y = query_rows(target, pool.x, order, labels=cfg.labels, noise=cfg.query_noise, gen=noise_gen,
-                                 batch_size=cfg.query_batch_size)
+                                 batch_size=cfg.query_batch_size, transform=self._transform(ctx))
             transfer = TransferSet()
             if sent is None:
                 transfer.add(pool.x, y, index=order)
@@ -304,6 +308,10 @@ class Knockoff(Attack):
         return AttackOutcome(model=student, queries=target.queries, metrics=metrics)
 
     # -- scenario helpers ------------------------------------------------------------------------
+    def _transform(self, ctx: AttackContext, *labels: object):
+        return pool_transform(self.config.pool_transforms, generator(ctx.seed_for("knockoff", "pool_transforms",
+                                                                                  *labels)))
+
     def _augment(self, target: Blackbox, ctx: AttackContext, transfer: TransferSet, student: nn.Module,
                  gen: torch.Generator) -> Optional[FGSMAugment]:
         cfg = self.config
@@ -330,7 +338,7 @@ class Knockoff(Attack):
         for r, (name, pool) in enumerate(zip(cfg.query_sets, pools)):
             order = cycled_order(len(pool), shares[r], generator(ctx.seed_for("knockoff", "sampling", r)))
             sent, y = query_rows(target, pool.x, order, labels=cfg.labels, noise=cfg.query_noise, gen=noise_gen,
-                                 batch_size=cfg.query_batch_size)
+                                 batch_size=cfg.query_batch_size, transform=self._transform(ctx, r))
             if not cfg.shift_replay:
                 transfer = TransferSet()
             if sent is None:
@@ -363,6 +371,7 @@ class Knockoff(Attack):
         ys: List[Tensor] = []
         chosen: List[int] = []
         device = ctx.device
+        transform = self._transform(ctx)
 
         def bandit_batches(epoch: int, _gen: torch.Generator) -> Iterator[Batch]:
             used = 0
@@ -371,7 +380,7 @@ class Knockoff(Attack):
                 action = bandit.choose(gen)
                 rows = sampler.take(action, n)
                 sent, y = query_rows(target, pool.x, rows, labels=cfg.labels, noise=cfg.query_noise, gen=noise_gen,
-                                     batch_size=cfg.query_batch_size)
+                                     batch_size=cfg.query_batch_size, transform=transform)
                 x = pool.x[rows] if sent is None else sent
                 used += n
                 xs.append(x if sent is not None else rows)
@@ -390,7 +399,7 @@ class Knockoff(Attack):
                 seed=ctx.seed_for("knockoff", "online"), desc="knockoff-adaptive")
         transfer = TransferSet()
         y_all = torch.cat(ys)
-        if cfg.query_noise > 0:
+        if cfg.query_noise > 0 or transform is not None:
             transfer.add(torch.cat(xs), y_all)
         else:
             transfer.add(pool.x, y_all, index=torch.cat(xs))

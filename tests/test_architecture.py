@@ -18,7 +18,7 @@ SOURCES = {"wmbench": ROOT / "wmbench", "wmbench.methods": ROOT / "methods", "wm
 #: The core's layers, lowest first: a module may import modules of its own or a lower layer only.
 #: Foundation modules and plugins import each other freely (the loop test still applies).
 LAYERS: List[List[str]] = [
-    ["wmbench.version", "wmbench.errors", "wmbench.utils"],
+    ["wmbench.version", "wmbench.errors", "wmbench.utils", "wmbench.augment"],
     ["wmbench.registry", "wmbench.config", "wmbench.cache", "wmbench.blackbox", "wmbench.verification",
      "wmbench.training", "wmbench.data*", "wmbench.models*", "wmbench.api", "wmbench.methods*", "wmbench.attacks*"],
     ["wmbench.cell"],

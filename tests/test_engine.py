@@ -204,3 +204,72 @@ def test_blackbox_runs_the_victim_on_its_device(monkeypatch):
     box = Blackbox(model, num_classes=10, input_shape=(1, 8, 8), device=torch.device("cpu"))
     box(_images(n=4)[0])
     assert moved and moved[0][0] == torch.device("cpu")
+
+
+# -- training augmentation (train.augment) -------------------------------------------------------
+def test_augmentation_changes_training_reproducibly_and_keeps_the_shuffle():
+    x, y = _images(c=3, size=12)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr_step=0)
+
+    def train(**changes):
+        torch.manual_seed(0)
+        model = build_model("naivenet", in_channels=3, num_classes=10, input_size=12)
+        seen = []
+
+        def loss(m, batch):
+            seen.append(batch[0].clone())
+            return training.cross_entropy(m, batch)
+
+        fit(model, (x, y), TrainConfig(**{**cfg.__dict__, **changes}), loss_fn=loss, seed=3, progress=False)
+        return model, seen
+
+    plain, plain_seen = train()
+    a, a_seen = train(augment=("crop", "flip"))
+    b, b_seen = train(augment=("crop", "flip"))
+    assert all(torch.equal(p, q) for p, q in zip(a_seen, b_seen))  # same seed, same augmented batches
+    assert not all(torch.equal(p, q) for p, q in zip(a_seen, plain_seen))
+    # the shuffle is unchanged: each augmented batch holds crops/flips of the same images
+    for aug, orig in zip(a_seen, plain_seen):
+        assert aug.shape == orig.shape and aug.min() >= 0 and aug.max() <= 1
+    assert not torch.equal(next(iter(a.parameters())), next(iter(plain.parameters())))
+    for va, vb in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(va, vb)
+
+
+def test_augment_setting_is_checked_and_neutral_when_off():
+    from wmbench.config import identity_dict, resolve
+    from wmbench.errors import UserError
+
+    assert "augment" not in identity_dict(TrainConfig())
+    assert "augment" not in identity_dict(TrainConfig(augment=()))
+    assert identity_dict(TrainConfig(augment=("crop", "flip")))["augment"] == ["crop", "flip"]
+    with pytest.raises(UserError, match="train.augment must be distinct names among flip, crop"):
+        resolve(TrainConfig, "quick", {"augment": ["mixup"]})
+
+
+def test_cifar_cells_train_with_the_cifar_recipe_and_others_keep_their_ids():
+    from wmbench.cell import Cell
+    from wmbench.config import build_settings
+    from wmbench.plan import plan
+
+    cells = {c.cell.dataset: c.cell for c in plan(build_settings("smoke"), ["badnets"], ["none"],
+                                                    ["digits", "synthetic"], [0])}
+    assert all("augment" not in c.train for c in cells.values())  # identity as before the setting existed
+    import wmbench.plan as plan_module
+    from wmbench.registry import DATASETS
+
+    class Recipe:  # a dataset whose recipe augments, as CIFAR's does
+        train_augment = ("crop", "flip")
+
+    real_get = DATASETS.get
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DATASETS, "get", lambda name: Recipe if name == "digits" else real_get(name))
+        recipe = plan_module.plan(build_settings("smoke"), ["badnets"], ["none"], ["digits"], [0])[0].cell
+        explicit = plan_module.plan(build_settings("smoke", {"train": {"augment": []}}), ["badnets"], ["none"],
+                                    ["synthetic"], [0])[0].cell
+    assert recipe.train["augment"] == ["crop", "flip"] and recipe.cell_id != cells["digits"].cell_id
+    assert explicit.cell_id == cells["synthetic"].cell_id  # augment=[] is the same as no setting
+    assert Cell.from_dict(recipe.as_dict()).train["augment"] == ["crop", "flip"]
+    from wmbench.data.cifar import CIFAR10, CIFAR100
+
+    assert CIFAR10.train_augment == CIFAR100.train_augment == ("crop", "flip")

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from wmbench.config import Settings, build_settings, canonical_json, config_to_dict, stable_hash
+from wmbench.config import Settings, build_settings, canonical_json, config_to_dict, identity_dict, stable_hash
 from wmbench.registry import ATTACKS, METHODS
 from wmbench.version import __version__
 
@@ -78,7 +78,7 @@ def chain_prefix(cell: Cell, stages: int) -> Cell:
 def data_identity(settings: Settings) -> Dict[str, Any]:
     """The ``data`` section of a cell: the data settings that change results (not where the
     files are, nor whether they may be downloaded)."""
-    d = config_to_dict(settings.data)
+    d = identity_dict(settings.data)
     d.pop("root")
     d.pop("download")
     return d

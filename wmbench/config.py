@@ -35,7 +35,14 @@ from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from wmbench.augment import LABEL_PRESERVING
 from wmbench.errors import UserError
+
+#: Field metadata of a setting added after results were published: while it holds its default (or
+#: a value listed under ``"neutral"``, meaning the same as the default) it is left out of a cell's
+#: identity (:func:`identity_dict`), so adding it neither re-runs nor orphans the cells that ran
+#: before it existed. Use as ``field(default=..., metadata=NEW_SETTING)``.
+NEW_SETTING: Mapping[str, Any] = {"identity": "omit-default"}
 
 PROFILE_NAMES: Tuple[str, ...] = ("smoke", "quick", "paper")
 SECTION_NAMES: Tuple[str, ...] = ("data", "train", "verify", "keys", "model", "methods", "attacks", "datasets")
@@ -61,6 +68,10 @@ class TrainConfig:
     lr_step: int = 10            StepLR period in epochs; 0 disables the schedule.
     lr_gamma: float = 0.5        StepLR factor.
     amp: bool = False            bf16 autocast, used only on CUDA.
+    augment: tuple | None = None  batched augmentation of every training image (:mod:`wmbench.augment`:
+                                  ``crop`` — zero-pad 4 and crop back — and ``flip``); None = the
+                                  dataset's recipe (crop + flip on CIFAR-10/100, none elsewhere;
+                                  set when the grid is planned); ``[]`` = none.
     """
 
     epochs: int = 100
@@ -72,6 +83,7 @@ class TrainConfig:
     lr_step: int = 10
     lr_gamma: float = 0.5
     amp: bool = False
+    augment: Optional[Tuple[str, ...]] = field(default=None, metadata={**NEW_SETTING, "neutral": ((),)})
 
     PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "smoke": {"epochs": 2, "batch_size": 64},
@@ -88,6 +100,10 @@ class TrainConfig:
             raise UserError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.lr}")
+        if self.augment is not None and (any(a not in LABEL_PRESERVING for a in self.augment)
+                                         or len(set(self.augment)) != len(self.augment)):
+            raise UserError(f"train.augment must be distinct names among {', '.join(LABEL_PRESERVING)} "
+                            f"(or [] for none), got {list(self.augment)}")
 
 
 @dataclass(frozen=True)
@@ -317,6 +333,21 @@ def resolve(cls: type, profile: str, *layers: Optional[Mapping[str, Any]], secti
 def config_to_dict(config: Any) -> Dict[str, Any]:
     """A JSON-able dict of a config dataclass (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=list))
+
+
+
+def identity_dict(config: Any) -> Dict[str, Any]:
+    """:func:`config_to_dict` without the :data:`NEW_SETTING` fields that hold their default:
+    what a cell records of a config, and hashes into its id."""
+    d = config_to_dict(config)
+    for f in dataclasses.fields(config):
+        if f.metadata.get("identity") != "omit-default" or f.name not in d:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        same = [json.loads(json.dumps(v, default=list)) for v in (default, *f.metadata.get("neutral", ()))]
+        if d[f.name] in same:
+            del d[f.name]
+    return d
 
 
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")

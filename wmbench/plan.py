@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from wmbench.cell import Cell, data_identity
-from wmbench.config import Settings, build_settings, config_to_dict, load_config_file, merge_trees, parse_set
+from wmbench.config import Settings, build_settings, identity_dict, load_config_file, merge_trees, parse_set
 from wmbench.data import DataBundle, load_data
 from wmbench.errors import UserError
 from wmbench.records import finished
@@ -104,6 +104,9 @@ def plan(settings: Settings, methods: Sequence[str], attacks: Sequence[str], dat
                              download or settings.data.download)
         arch = settings.model.arch_for(dataset)
         MODELS.get(arch)
+        train = settings.train
+        if train.augment is None:  # the dataset's recipe
+            train = dataclasses.replace(train, augment=tuple(getattr(DATASETS.get(dataset), "train_augment", ())))
         for method in methods:
             method_cls = METHODS.get(method)
             method_config = settings.component("methods", method, method_cls.Config)
@@ -118,10 +121,10 @@ def plan(settings: Settings, methods: Sequence[str], attacks: Sequence[str], dat
                         cell = Cell(
                             method=method, attack=attack, labels=labels,
                             dataset=dataset, seed=int(seed), profile=settings.profile, arch=arch,
-                            method_config=config_to_dict(method_config),
-                            attack_configs=tuple(config_to_dict(v) for v in variant),
-                            dataset_options=options, data=data_id, train=config_to_dict(settings.train),
-                            verify=config_to_dict(settings.verify), keys=config_to_dict(settings.keys),
+                            method_config=identity_dict(method_config),
+                            attack_configs=tuple(identity_dict(v) for v in variant),
+                            dataset_options=options, data=data_id, train=identity_dict(train),
+                            verify=identity_dict(settings.verify), keys=identity_dict(settings.keys),
                             sweep=dict(sweep or {}),
                         )
                         planned.append(PlannedCell(cell, reason))

@@ -188,6 +188,9 @@ DATASETS = Registry(
         "cifar10": "wmbench.data.cifar:CIFAR10",
         "cifar100": "wmbench.data.cifar:CIFAR100",
         "imagefolder": "wmbench.data.imagefolder:ImageFolderData",
+        "mnist": "wmbench.data.mnist_family:MNIST",
+        "kmnist": "wmbench.data.mnist_family:KMNIST",
+        "emnist": "wmbench.data.mnist_family:EMNIST",
     },
     "wmbench.datasets",
 )

@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wmbench.augment import compose
 from wmbench.config import TrainConfig
 from wmbench.errors import TrainingDiverged
+from wmbench.utils import derive_seed
 from wmbench.utils import generator as make_generator
 
 log = logging.getLogger(__name__)
@@ -217,7 +219,10 @@ def fit(
     ----------
     model: the network (moved to ``device``).
     data: a batch source, or a sequence of aligned tensors (``(x, y)``) batched by ``cfg.batch_size``.
-    cfg: schedule (:class:`TrainConfig`): epochs, optimizer, lr, StepLR, bf16 autocast on CUDA.
+    cfg: schedule (:class:`TrainConfig`): epochs, optimizer, lr, StepLR, bf16 autocast on CUDA, and
+        ``augment``: the batched augmentation (:mod:`wmbench.augment`) of the images of every
+        batch (its first tensor), on the device, drawn from its own generator seeded by ``seed``
+        (so the shuffle is the same with and without it).
     loss_fn: ``loss_fn(model, batch) -> scalar``; batches arrive on ``device``.
     seed: seeds the shuffling generator (model init is the caller's business).
     params: parameters to optimise (default: all of ``model``'s).
@@ -238,6 +243,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, cfg.lr_gamma) if cfg.lr_step > 0 else None
     use_amp = bool(cfg.amp and device.type == "cuda")
     gen = make_generator(seed)
+    augment = compose(cfg.augment, make_generator(derive_seed(seed, "augment"))) if cfg.augment else None
     history: List[Dict[str, float]] = []
     show = _show_progress(progress)
     bar = None
@@ -255,6 +261,8 @@ def fit(
             steps = 0
             for batch in source(epoch, gen):
                 batch = tuple(t.to(device, non_blocking=non_blocking) for t in batch)
+                if augment is not None and batch[0].dim() == 4 and batch[0].is_floating_point():
+                    batch = (augment(batch[0]),) + tuple(batch[1:])
                 if channels_last:
                     batch = tuple(_channels_last(t) for t in batch)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):

@@ -167,6 +167,9 @@ class DatasetSource:
     std: Tuple[float, ...] = ()
     class_names: Tuple[str, ...] = ()
     default_options: ClassVar[Mapping[str, Any]] = {}
+    #: ``train.augment`` when the run leaves it unset: the batched augmentation of the owner's
+    #: training images that this dataset's usual recipe uses (:mod:`wmbench.augment`; none here).
+    train_augment: Tuple[str, ...] = ()
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.default_options))

@@ -44,6 +44,9 @@ class _CIFARBase(DatasetSource):
 
     channels = 3
     size = 32
+    #: The owner's training recipe on CIFAR (He et al., 2016): random crop with 4-pixel padding and
+    #: horizontal flip (``train.augment`` when it is left unset).
+    train_augment: Tuple[str, ...] = ("crop", "flip")
     default_options = {}
     folder: ClassVar[str] = ""
     title: ClassVar[str] = ""

@@ -14,7 +14,7 @@ import gzip
 import logging
 import os
 import zlib
-from typing import List, Optional, Tuple
+from typing import ClassVar, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -92,9 +92,9 @@ def _find_file(directory: str, stem: str) -> Optional[str]:
     return None
 
 
-def _complete_dir(directory: str) -> Optional[dict]:
+def _complete_dir(directory: str, files: Optional[dict] = None) -> Optional[dict]:
     """``{key: path}`` when ``directory`` holds all four idx files (gzip or plain), else None."""
-    found = {key: _find_file(directory, stem) for key, stem in FILES.items()}
+    found = {key: _find_file(directory, stem) for key, stem in (files or FILES).items()}
     if all(found.values()):
         return found
     return None
@@ -120,18 +120,25 @@ class FashionMNIST(DatasetSource):
 
     #: Overridable for tests; the system-wide install location.
     system_dirs: Tuple[str, ...] = (DEBIAN_DIR,)
+    #: Sub-folders of the data root searched (after the root itself): ours, then torchvision's.
+    root_dirs: Tuple[str, ...] = ("fashion-mnist", os.path.join("FashionMNIST", "raw"))
+    #: The four idx files (without ``.gz``) and the torchvision class that downloads them.
+    files: ClassVar[dict] = FILES
+    torchvision_class = "FashionMNIST"
+    title = "Fashion-MNIST"
+    install_hint = "install the Debian package dataset-fashion-mnist, "
 
     def _candidates(self, root: Optional[str]) -> List[str]:
         dirs: List[str] = []
         if root is not None:
-            dirs += [root, os.path.join(root, "fashion-mnist"), os.path.join(root, "FashionMNIST", "raw")]
+            dirs += [root] + [os.path.join(root, d) for d in self.root_dirs]
         dirs += list(self.system_dirs)
         return dirs
 
     def _find(self, root: Optional[str]) -> Tuple[Optional[str], Optional[dict], List[str]]:
         searched = self._candidates(root)
         for directory in searched:
-            files = _complete_dir(directory)
+            files = _complete_dir(directory, self.files)
             if files is not None:
                 return directory, files, searched
         return None, None, searched
@@ -141,36 +148,39 @@ class FashionMNIST(DatasetSource):
         directory, _, searched = self._find(root)
         if directory is not None:
             if root is not None and not directory.startswith(root):
-                log.info("Fashion-MNIST not in %s; using %s", root, directory)
+                log.info("%s not in %s; using %s", self.title, root, directory)
             return directory
         if download:
             return self._download(root)
+        names = ", ".join(f"{stem}.gz" for stem in self.files.values())
         raise UserError(
-            f"Fashion-MNIST not found in {', '.join(searched)}; install the Debian package "
-            "dataset-fashion-mnist, pass --data-root DIR holding train-images-idx3-ubyte.gz, "
-            "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, "
-            "or --download"
+            f"{self.title} not found in {', '.join(searched)}; {self.install_hint}pass --data-root DIR "
+            f"holding {names}, or --download"
         )
 
     def _download(self, root: Optional[str]) -> str:
         import torchvision
 
         target = os.path.expanduser(root or DEFAULT_CACHE)
-        log.info("downloading Fashion-MNIST into %s", target)
+        log.info("downloading %s into %s", self.title, target)
+        cls = getattr(torchvision.datasets, self.torchvision_class)
         try:
-            torchvision.datasets.FashionMNIST(target, train=True, download=True)
-            torchvision.datasets.FashionMNIST(target, train=False, download=True)
+            for train in (True, False):
+                cls(target, train=train, download=True, **self._download_kwargs())
         except Exception as exc:  # network errors come in many types
-            raise UserError(f"downloading Fashion-MNIST into {target} failed: {exc}") from None
-        directory = os.path.join(target, "FashionMNIST", "raw")
-        if _complete_dir(directory) is None:
-            raise UserError(f"Fashion-MNIST download into {target} did not produce the idx files in {directory}")
+            raise UserError(f"downloading {self.title} into {target} failed: {exc}") from None
+        directory = os.path.join(target, self.torchvision_class, "raw")
+        if _complete_dir(directory, self.files) is None:
+            raise UserError(f"{self.title} download into {target} did not produce the idx files in {directory}")
         return directory
+
+    def _download_kwargs(self) -> dict:
+        return {}
 
     def load(self, root: Optional[str], download: bool) -> Tuple[Split, Split]:
         directory = self.locate(root, download)
         assert directory is not None
-        files = _complete_dir(directory)
+        files = _complete_dir(directory, self.files)
         assert files is not None
         self.source_path = directory
         train = self._read_split(files["train_images"], files["train_labels"])
@@ -187,8 +197,13 @@ class FashionMNIST(DatasetSource):
             )
         if images.shape[1:] != (self.size, self.size):
             raise UserError(f"{images_path} holds {images.shape[1]}x{images.shape[2]} images, expected 28x28")
-        if labels.size and int(labels.max()) >= self.num_classes:
+        images, labels = self._decode(images, labels.astype(np.int64))
+        if labels.size and (int(labels.max()) >= self.num_classes or int(labels.min()) < 0):
             raise UserError(f"{labels_path} holds label {int(labels.max())}, expected 0..{self.num_classes - 1}")
         x = torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze(1)
-        y = torch.from_numpy(labels.astype(np.int64))
+        y = torch.from_numpy(labels)
         return Split(x, y)
+
+    def _decode(self, images: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Source-specific fix-ups of the raw arrays (none for Fashion-MNIST)."""
+        return images, labels

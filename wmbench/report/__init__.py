@@ -45,6 +45,7 @@ from wmbench.report.common import (
 from wmbench.report.document import Section, sections
 from wmbench.report.figures import write_figures
 from wmbench.report.figures_grid import embed_figures, write_grid_figures
+from wmbench.report.figures_theft import write_theft_figures
 from wmbench.report.formats import (
     FORMATS, LATEX_LONG_ROWS, VALUES_NOTE, format_kind, html_document, latex_document, to_csv, to_html, to_latex,
     to_markdown,
@@ -208,6 +209,8 @@ def write_report(
     # Grid figures: WSR heat-map over method × attack and --sweep figures; then every figure goes
     # into report.md (links), report.html (inline) and report.tex.
     written += write_grid_figures(df, out)
+    # The theft map: every stolen model's accuracy against its WSR, with the theft lines.
+    written += write_theft_figures(df, out, theft_tolerance)
     embed_figures(out, written)
     for path in written:
         log.info("wrote %s", path)
