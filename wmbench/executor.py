@@ -13,6 +13,10 @@ slots gets the spare CPUs too (:func:`cpu_shares`), so the benign → victim →
 the head of every grid uses every core instead of one. A failed
 task is retried ``retries`` times; a cell that still fails is recorded ``failed`` with its
 traceback, a failed artifact fails the cells that need it, and the rest of the grid completes.
+A task whose node is lost is rerun by Ray (``retries`` times) on the nodes left; the driver
+follows nodes that leave or join (every ``NODE_CHECK_S`` seconds), resubmits with fewer CPUs a
+task that asked for more than any node left has (it would wait forever), and keeps the finished
+record of a cell whose worker died after writing it (:func:`~wmbench.tasks.lost_task_result`).
 Ctrl-C cancels the pending tasks and shuts Ray down; re-running the same command resumes.
 
 :func:`execute` is the one call the launchers (:mod:`wmbench.runner`, :mod:`wmbench.tune`) make.
@@ -24,16 +28,18 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from wmbench.errors import UserError
-from wmbench.evaluate import failed_cell_record
 from wmbench.progress import Progress
 from wmbench.spec import SPARE_CPUS, GridSpec
-from wmbench.tasks import Task, TaskGraph, build_graph, run_task, task_options
+from wmbench.tasks import Task, TaskGraph, build_graph, lost_task_result, run_task, task_options
 
 log = logging.getLogger(__name__)
+
+NODE_CHECK_S = 5.0  # how often a running grid looks for Ray nodes that joined or were lost
 
 
 class Backend(Protocol):
@@ -197,12 +203,15 @@ class RayBackend:
             self.owns = True
         self._fit_resources(ray)
 
-    def _fit_resources(self, ray: Any) -> None:
+    @staticmethod
+    def _capacity(ray: Any) -> Tuple[float, float, float, float]:
+        """The alive nodes' CPUs and the largest node's, their GPUs and the largest node's."""
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive", True)]
-        total_gpus = float(sum(n.get("GPU", 0.0) for n in nodes))
-        node_gpus = max([n.get("GPU", 0.0) for n in nodes] or [0.0])
-        node_cpus = max([n.get("CPU", 0.0) for n in nodes] or [0.0])
-        total_cpus = float(sum(n.get("CPU", 0.0) for n in nodes))
+        cpus, gpus = [float(n.get("CPU", 0.0)) for n in nodes], [float(n.get("GPU", 0.0)) for n in nodes]
+        return sum(cpus), max(cpus or [0.0]), sum(gpus), max(gpus or [0.0])
+
+    def _fit_resources(self, ray: Any) -> None:
+        total_cpus, node_cpus, total_gpus, node_gpus = self._capacity(ray)
         if self.cpus_per_cell > node_cpus:
             raise UserError(f"--cpus-per-cell {self.cpus_per_cell:g} exceeds the largest node's {node_cpus:g} CPUs; "
                             f"use at most {node_cpus:g}")
@@ -222,6 +231,20 @@ class RayBackend:
         self.slots = max(1, int(math.floor(slots + 1e-9)))
         log.info("Ray: %g CPUs, %g GPUs; %g CPUs and %g GPUs per task, up to %d at once",
                  total_cpus, total_gpus, self.cpus_per_cell, self.gpus, self.slots)
+
+    def _follow_nodes(self, ray: Any, running: Mapping[Any, Tuple[Task, float]]) -> List[Any]:
+        """Follow the nodes that joined or left mid-run (the CPUs new tasks may take); return the
+        running tasks that asked for more CPUs than any node left has: their node was lost and
+        Ray's retry of them waits for a node that will not come."""
+        total_cpus, node_cpus, total_gpus, _ = self._capacity(ray)
+        if (total_cpus, node_cpus, total_gpus) == (self.total_cpus, self.node_cpus, self.total_gpus):
+            return []
+        log.warning("the Ray cluster changed: %g CPUs (%g on the largest node), %g GPUs; was %g (%g), %g",
+                    total_cpus, node_cpus, total_gpus, self.total_cpus, self.node_cpus, self.total_gpus)
+        self.total_cpus, self.node_cpus, self.total_gpus = total_cpus, node_cpus, total_gpus
+        if node_cpus < self.cpus_per_cell:  # no node can run any task: wait for one to join
+            return []
+        return [ref for ref, (_, cpus) in running.items() if cpus > node_cpus + 1e-9]
 
     def stop(self) -> None:
         if self.owns:
@@ -247,23 +270,42 @@ class RayBackend:
         running: Dict[Any, Tuple[Task, float]] = {}
         done: set = set()
         used_cpus = used_gpus = 0.0
+        checked = time.monotonic()
+
+        def submit(task: Task, cpus: float) -> None:
+            # max_retries: Ray resubmits a task whose worker died; ``retries`` inside covers exceptions
+            ref = remote.options(num_cpus=cpus, num_gpus=self.gpus, max_retries=retries).remote(
+                task.id, task.kind, task.cell, task_options(graph, task, opts), retries, max(1, int(cpus)),
+                *[refs[d] for d in task.deps])
+            refs[task.id] = ref
+            running[ref] = (task, cpus)
+
         try:
             while waiting or running:
                 ready = [t for t in waiting if all(d in done for d in t.deps)]
                 shares = cpu_shares(len(ready), self.total_cpus - used_cpus, self.cpus_per_cell, self.node_cpus,
                                     share=self.spare_cpus == "share", free_slots=self._free_gpu_slots(used_gpus))
                 for task, cpus in zip(ready, shares):
-                    # max_retries: Ray resubmits a task whose worker died; ``retries`` inside covers exceptions
-                    ref = remote.options(num_cpus=cpus, num_gpus=self.gpus, max_retries=retries).remote(
-                        task.id, task.kind, task.cell, task_options(graph, task, opts), retries, max(1, int(cpus)),
-                        *[refs[d] for d in task.deps])
-                    refs[task.id] = ref
-                    running[ref] = (task, cpus)
+                    submit(task, cpus)
                     used_cpus += cpus
                     used_gpus += self.gpus
                     waiting.remove(task)
                 if not running:
                     raise RuntimeError(f"no task can start ({len(waiting)} waiting); the task graph is inconsistent")
+                if time.monotonic() - checked >= NODE_CHECK_S:
+                    checked = time.monotonic()
+                    for ref in self._follow_nodes(ray, running):  # would never start again: resubmit smaller
+                        if ray.wait([ref], timeout=0)[0]:
+                            continue  # it finished after all: collected below
+                        task, cpus = running.pop(ref)
+                        try:
+                            ray.cancel(ref)
+                        except Exception:  # noqa: BLE001 - already gone; the resubmitted task replaces it
+                            pass
+                        log.warning("task %s asked for %g CPUs, more than any node left has; resubmitted with %g",
+                                    task.id, cpus, self.node_cpus)
+                        submit(task, self.node_cpus)
+                        used_cpus += self.node_cpus - cpus
                 finished, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
                 if progress is not None:
                     progress.set_running(len(running))
@@ -275,10 +317,7 @@ class RayBackend:
                         result = ray.get(ref)
                     except RayError as exc:  # the worker died (after Ray's retries) or a dependency's did
                         error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                        if task.is_cell:
-                            result = failed_cell_record(task.cell, opts, error, str(exc))
-                        else:
-                            result = {"task": task.id, "status": "failed", "error": error, "traceback": str(exc)}
+                        result = lost_task_result(task, opts, error, str(exc))
                     done.add(task.id)
                     yield task, result
         except BaseException:

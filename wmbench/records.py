@@ -18,6 +18,7 @@ import logging
 import platform
 import socket
 import subprocess
+import sys
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -50,11 +51,29 @@ def git_sha() -> str:
     return "unknown"
 
 
+def ray_node() -> str:
+    """The id of the Ray node this process runs a task on; "" outside a Ray task (the serial
+    executor, the driver writing the record of a cell whose worker died). Never imports Ray: a
+    process that runs a Ray task has imported and initialised it already."""
+    ray = sys.modules.get("ray")
+    try:
+        if ray is None or not ray.is_initialized():
+            return ""
+        context = ray.get_runtime_context()
+        if context.worker.mode != ray.WORKER_MODE:
+            return ""
+        return str(context.get_node_id() or "")
+    except Exception:  # noqa: BLE001 - a Ray without these calls: the record just lacks the node
+        return ""
+
+
 def provenance(device: str) -> Dict[str, Any]:
+    """Where and with what a record was made; ``ray_node`` only when a Ray task made it."""
     import torch
 
     from wmbench.training import current_engine
 
+    node = ray_node()
     return {
         "wmbench_version": __version__,
         "git_sha": git_sha(),
@@ -65,6 +84,7 @@ def provenance(device: str) -> Dict[str, Any]:
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "schema_version": SCHEMA_VERSION,
+        **({"ray_node": node} if node else {}),
     }
 
 

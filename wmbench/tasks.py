@@ -253,6 +253,24 @@ def run_task(task_id: str, kind: str, cell_dict: Mapping[str, Any], opts_dict: M
         return _run_artifact_task(task_id, kind, cell_dict, opts_dict, retries)
 
 
+def lost_task_result(task: Task, opts_dict: Mapping[str, Any], error: str, tb: str = "") -> Dict[str, Any]:
+    """The result of a task whose worker died for good (its node was lost, the backend's retries
+    are spent): a ``failed`` status for an artifact, and for a cell its record. A worker can die
+    after writing a finished record and before its result comes back, so a finished record on
+    disk is kept (unless ``overwrite``: then it may be an earlier run's) and only an unfinished
+    cell is recorded ``failed``, under the cell's lock like every other write of its record."""
+    if not task.is_cell:
+        return {"task": task.id, "status": "failed", "error": error, "traceback": tb}
+    run_dir = Path(opts_dict["run_dir"])
+    cell_id = Cell.from_dict(task.cell).cell_id
+    with file_lock(run_dir / ".locks" / f"{cell_id}.lock"):
+        done = None if opts_dict.get("overwrite") else finished(run_dir, cell_id)
+        if done is not None:
+            log.warning("cell %s: its worker died after recording it %s; kept", cell_id, done["status"])
+            return done
+        return failed_cell_record(task.cell, opts_dict, error, tb)
+
+
 def task_options(graph: TaskGraph, task: Task, opts: Mapping[str, Any]) -> Dict[str, Any]:
     """The run options of one task: with ``overwrite``, the artifacts this run rebuilt before it
     are marked fresh so the task reuses them instead of rebuilding them again."""
