@@ -55,6 +55,9 @@ def _add_grid_args(p: argparse.ArgumentParser) -> None:
                         "idle CPUs (more torch threads); none: exactly --cpus-per-cell each (default: share)")
     p.add_argument("--gpus-per-cell", type=float, default=None,
                    help="GPUs per task under Ray, fractions allowed (default: 1 where the cluster has GPUs, else 0)")
+    p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop a task (a cell, or a model it needs) that runs longer and record it failed with the "
+                        "reason; it is not retried (default: no limit)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed cell before it is recorded failed "
                                                            "(default: 1)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N] (default: auto)")
@@ -191,7 +194,7 @@ def grid_spec(args: argparse.Namespace, **fields: Any) -> "GridSpec":
         config=args.config, data_root=args.data_root, download=args.download, out=args.out, cache_dir=args.cache_dir,
         ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell, gpus_per_cell=args.gpus_per_cell,
         retries=args.retries, overwrite=args.overwrite, plugins=args.plugin, device=args.device,
-        spare_cpus=args.spare_cpus, compile=args.compile, progress=False if args.no_progress else None, **fields)
+        spare_cpus=args.spare_cpus, compile=args.compile, cell_timeout=args.cell_timeout, progress=False if args.no_progress else None, **fields)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -12,5 +12,9 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class TaskTimeout(RuntimeError):
+    """A task (a cell or an artifact build) ran past ``--cell-timeout``."""
+
+
 class CorruptArtifact(RuntimeError):
     """A cached artifact failed its checksum or could not be loaded."""

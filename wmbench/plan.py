@@ -38,6 +38,7 @@ class RunOptions:
     download: bool = False
     device: str = "auto"
     compile: bool = False
+    cell_timeout: Optional[float] = None
     progress: Optional[bool] = None
     overwrite: bool = False
     plugins: Tuple[str, ...] = ()
@@ -207,7 +208,8 @@ def plan_run(spec: GridSpec, executor: str = "", combos: Optional[Sequence[Mappi
             raise UserError(f"{flag} {folder}: {taken} is a file; give a folder (it is created if missing)")
     opts = RunOptions(run_dir=str(run_dir), cache_dir=str(cache_dir),
                       data_root=str(Path(data_root).absolute()) if data_root else None, download=download,
-                      device=spec.device, compile=spec.compile, progress=spec.progress, overwrite=spec.overwrite, plugins=spec.plugins,
+                      device=spec.device, compile=spec.compile, cell_timeout=spec.cell_timeout,
+                      progress=spec.progress, overwrite=spec.overwrite, plugins=spec.plugins,
                       run_name=run_dir.name)
     manifest = {
         "methods": method_names, "attacks": attack_names, "datasets": dataset_names, "seeds": list(spec.seeds),

@@ -130,7 +130,8 @@ class GridSpec:
     that starts while fewer are runnable than CPU slots also gets the idle CPUs; ``none``: exactly
     ``cpus_per_cell``, for bit-identical CPU numbers whatever the grid's shape), ``retries``, ``device``,
     ``compile`` (train through ``torch.compile``: :class:`~wmbench.training.Engine`; not part of a
-    cell's identity),
+    cell's identity), ``cell_timeout`` (seconds a task may run — a cell, or a model it needs —
+    before it is stopped and recorded failed with the reason; None: no limit),
     ``progress`` (None: when stderr is a terminal), ``plugins`` (modules imported first).
 
     Sequences may be given as comma-separated strings; they are stored as tuples, so two specs
@@ -160,6 +161,7 @@ class GridSpec:
     gpus_per_cell: Optional[float] = None
     retries: int = 1
     spare_cpus: str = "share"
+    cell_timeout: Optional[float] = None
 
     def __post_init__(self) -> None:
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
@@ -187,6 +189,7 @@ class GridSpec:
         if self.spare_cpus not in SPARE_CPUS:
             raise UserError(f"--spare-cpus must be one of {', '.join(SPARE_CPUS)}, got {self.spare_cpus!r}")
         _number("gpus_per_cell", self.gpus_per_cell, minimum=0, strict=False, allow_none=True)
+        _number("cell_timeout", self.cell_timeout, minimum=0, strict=True, allow_none=True)
 
     @classmethod
     def of(cls, methods: str | Sequence[str] = "badnets", attacks: str | Sequence[str] = "none",

@@ -18,8 +18,11 @@ decide where tasks run; this module decides what each one does.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from wmbench.artifacts import (
 )
 from wmbench.cache import ArtifactStore, file_lock
 from wmbench.cell import Cell, chain_prefix, describe
+from wmbench.errors import TaskTimeout
 from wmbench.evaluate import CellLog, evaluate_cell, failed_cell_record, run_cell
 from wmbench.plan import RunOptions
 from wmbench.records import finished, write_cell
@@ -190,6 +194,34 @@ def build_artifact(kind: str, cell_dict: Mapping[str, Any], opts_dict: Mapping[s
         raise ValueError(f"unknown artifact kind {kind!r}; accepted: {', '.join(ARTIFACT_KINDS)}")
 
 
+@contextlib.contextmanager
+def deadline(seconds: Optional[float], what: str) -> Iterator[None]:
+    """Raise :class:`~wmbench.errors.TaskTimeout` in the enclosed code once it has run ``seconds``
+    (``--cell-timeout``; None: no limit). A POSIX interval timer on the main thread (where the
+    serial executor and Ray workers run tasks): it interrupts Python code and sleeps, not a single
+    native call in progress, which is short in training loops."""
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        if seconds:
+            log.warning("--cell-timeout cannot be applied to %s outside a process's main thread", what)
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TaskTimeout(f"{what} ran past --cell-timeout {seconds:g} s and was stopped")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _timed_out(record: Mapping[str, Any]) -> bool:
+    return str(record.get("error", "")).startswith(TaskTimeout.__name__)
+
+
 def _run_cell_task(cell_dict: Mapping[str, Any], opts_dict: Mapping[str, Any], retries: int) -> Dict[str, Any]:
     cell_id = Cell.from_dict(cell_dict).cell_id
     run_dir = Path(opts_dict["run_dir"])
@@ -201,8 +233,12 @@ def _run_cell_task(cell_dict: Mapping[str, Any], opts_dict: Mapping[str, Any], r
                 return {**done, "reused": True}
         record: Dict[str, Any] = {}
         for attempt in range(retries + 1):
-            record = run_cell(cell_dict, opts_dict)
-            if record["status"] != "failed":
+            try:
+                with deadline(opts_dict.get("cell_timeout"), f"cell {cell_id}"):
+                    record = run_cell(cell_dict, opts_dict)
+            except TaskTimeout as exc:  # expired between the cell's work and its record
+                record = failed_cell_record(cell_dict, opts_dict, f"{type(exc).__name__}: {exc}")
+            if record["status"] != "failed" or _timed_out(record):  # a task that hangs hangs again
                 break
             if attempt < retries:
                 log.warning("cell %s failed (%s); retrying (%d/%d)", cell_id, record.get("error"), attempt + 1, retries)
@@ -223,7 +259,8 @@ def _run_artifact_task(task_id: str, kind: str, cell_dict: Mapping[str, Any], op
         for attempt in range(retries + 1):
             try:
                 log.info("artifact %s (%s)", task_id, describe(cell_dict))
-                build_artifact(kind, cell_dict, opts_dict)
+                with deadline(opts_dict.get("cell_timeout"), f"artifact {task_id}"):
+                    build_artifact(kind, cell_dict, opts_dict)
                 return {"task": task_id, "status": "ok", "wall_s": time.perf_counter() - started,
                         "attempts": attempt + 1}
             except KeyboardInterrupt:
@@ -231,8 +268,10 @@ def _run_artifact_task(task_id: str, kind: str, cell_dict: Mapping[str, Any], op
             except Exception as exc:  # recorded in the cells that need it
                 error, tb = f"{type(exc).__name__}: {exc}", traceback.format_exc()
                 log.exception("artifact %s failed (attempt %d/%d)", task_id, attempt + 1, retries + 1)
+                if isinstance(exc, TaskTimeout):  # a build that hangs hangs again
+                    break
     return {"task": task_id, "status": "failed", "error": error, "traceback": tb,
-            "wall_s": time.perf_counter() - started, "attempts": retries + 1}
+            "wall_s": time.perf_counter() - started, "attempts": attempt + 1}
 
 
 def run_task(task_id: str, kind: str, cell_dict: Mapping[str, Any], opts_dict: Mapping[str, Any], retries: int = 1,

@@ -1,0 +1,33 @@
+"""A plugin for the --cell-timeout tests: the ``sleepy`` attack sleeps ``$WMB_SLEEPY_SECONDS``
+(read when it runs, so a rerun of the very same cell can sleep less), then returns an unchanged
+copy of its target."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+from wmbench.api import Attack, AttackOutcome, private_copy
+from wmbench.registry import register_attack
+
+
+@dataclass(frozen=True)
+class SleepyConfig:
+    """No parameters."""
+
+    PROFILES: ClassVar[Mapping[str, Mapping[str, Any]]] = {"smoke": {}, "quick": {}, "paper": {}}
+
+
+@register_attack("sleepy")
+class Sleepy(Attack):
+    """Sleeps, then returns an unchanged copy (a stand-in for a hanging cell)."""
+
+    needs = frozenset({"weights"})
+    hidden = True
+    cacheable = False
+    Config = SleepyConfig
+
+    def run(self, target, ctx):
+        time.sleep(float(os.environ.get("WMB_SLEEPY_SECONDS", "0")))
+        return AttackOutcome(model=private_copy(target), queries=0)
