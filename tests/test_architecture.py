@@ -31,7 +31,7 @@ LAYERS: List[List[str]] = [
     ["wmbench.executor"],
     ["wmbench.results"],
     ["wmbench.runner"],
-    ["wmbench.tune", "wmbench.calibrate", "wmbench.testing*"],
+    ["wmbench.tune", "wmbench.calibrate", "wmbench.testing*", "wmbench.tracking"],
     ["wmbench.report*", "wmbench.audit"],
     ["wmbench.cli"],
     ["wmbench"],

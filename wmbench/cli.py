@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cell scheduler: ray, serial (in this process, for debugging) or auto (ray when installed; "
                         "the default, or $WMBENCH_EXECUTOR)")
     p.add_argument("--overwrite", action="store_true", help="rerun finished cells and rebuild their models")
+    p.add_argument("--track", choices=("mlflow", "tensorboard"), default=None,
+                   help="also log every finished cell to MLflow (<out>/mlruns) or TensorBoard (<out>/tensorboard); "
+                        "local files, no server (default: off)")
 
     p = sub.add_parser("calibrate", help="train N null models (never shown the victim) per dataset and seed and verify "
                                          "every method's keys on them: false-positive rates and calibrated thresholds")
@@ -203,7 +206,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from wmbench.spec import default_executor
 
     spec = grid_spec(args, sweeps=args.sweeps, executor=args.executor or default_executor(cli=True))
-    frame = run(spec, on_record=_announce)
+    on_record = _announce
+    if args.track:
+        from wmbench.tracking import tracking_callback
+
+        track = tracking_callback(args.track, run_dir_of(spec))
+
+        def on_record(record: Dict[str, Any]) -> None:
+            _announce(record)
+            track(record)
+    frame = run(spec, on_record=on_record)
     print(summary_table(frame))
     out = run_dir_of(spec)
     print(f"\nresults: {out}/results.parquet (and .csv); tables: wmbench report {out}")
