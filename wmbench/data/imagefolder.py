@@ -98,7 +98,8 @@ class ImageFolderData(DatasetSource):
     """
 
     name = "imagefolder"
-    description = "any torchvision ImageFolder tree (Tiny ImageNet, ImageNet subsets, COCO crops), in memory"
+    description = ("any torchvision ImageFolder tree (Tiny ImageNet, ImageNet subsets, COCO crops); in memory, or "
+                   "read from a uint8 shard when large")
     paper = (
         "Le, Yang. Tiny ImageNet Visual Recognition Challenge (2015) "
         "http://cs231n.stanford.edu/reports/2015/pdfs/yle_project.pdf; Russakovsky et al. "

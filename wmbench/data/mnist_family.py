@@ -94,6 +94,7 @@ class EMNIST(_IdxSet):
     name = "emnist"
     description = "EMNIST: handwritten digits and letters, greyscale 28x28; option split (balanced: 47 classes)"
     paper = "Cohen, Afshar, Tapson, van Schaik. EMNIST: an extension of MNIST to handwritten letters. arXiv:1702.05373 (2017)"
+    num_classes = 47  # the default split, balanced (set per split in __init__)
     root_dirs = ("emnist", "gzip", os.path.join("EMNIST", "raw"))
     torchvision_class = "EMNIST"
     title = "EMNIST"
