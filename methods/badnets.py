@@ -65,6 +65,8 @@ class BadNetsConfig:
             raise UserError(f"methods.badnets.poison_rate must be in (0, 1), got {self.poison_rate}")
         if self.patch_size < 1:
             raise UserError(f"methods.badnets.patch_size must be >= 1, got {self.patch_size}")
+        if self.margin < 0:
+            raise UserError(f"methods.badnets.margin must be >= 0 (pixels from the corner), got {self.margin}")
         if self.position not in POSITIONS:
             raise UserError(f"methods.badnets.position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
         if self.mode not in ("replace", "append"):

@@ -7,6 +7,7 @@ exits with code 2 before anything is written.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -24,6 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("wmbench")
 
 RESULTS_ROOT = "results"
+#: Errors of the file system, not of wmbench: one ``wmbench: error:`` line, exit 2.
+_WRITE_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT})
 
 
 def _add_plugin(parser: argparse.ArgumentParser) -> None:
@@ -284,9 +287,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _find_cell(cell_id: str, out: Optional[str]) -> Path:
+    if not cell_id or cell_id.strip("0123456789abcdef"):
+        raise UserError(f"malformed cell id {cell_id!r}; give a cell id or a prefix of one (hexadecimal, e.g. 3fa2c1)")
     roots = [Path(out)] if out else sorted(p for p in Path(RESULTS_ROOT).glob("*") if p.is_dir())
     if out and not Path(out).is_dir():
-        raise UserError(f"run folder {out} does not exist")
+        raise UserError(f"run folder {out} does not exist or is not a folder; give the --out folder of `wmbench run`")
     matches = [p for root in roots for p in (root / "cells").glob(f"{cell_id}*.json")]
     if not matches:
         raise UserError(f"no cell {cell_id!r} in {', '.join(map(str, roots)) or RESULTS_ROOT + '/ (empty)'}; "
@@ -381,7 +386,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
+    logging.getLogger().addHandler(handler)  # removed again below: repeated calls (tests, notebooks) add no copies
     try:
         from wmbench.registry import load_plugin
 
@@ -389,11 +394,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             load_plugin(module)
         return COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"wmbench: error: {exc}", file=sys.stderr)
+        print(f"wmbench: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, always
+        return 2
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRORS:
+            raise
+        print(f"wmbench: error: cannot write {exc.filename or 'a file'}: {exc.strerror}; free some space or give a "
+              "writable folder (run: --out, --cache-dir, then rerun to resume; report: DIR or --no-write)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("wmbench: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger().removeHandler(handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

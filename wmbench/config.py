@@ -17,6 +17,9 @@ Sections of the config file / ``--set`` keys:
 - ``methods.NAME.*``, ``attacks.NAME.*``  the component's own ``Config``
 - ``datasets.NAME.*``  options passed to a dataset source (e.g. ``datasets.synthetic.num_classes=4``)
 
+Every section, built-in or plugin, gets the training-schedule rules of :func:`check_schedule` for the
+fields it has (``momentum``, ``weight_decay`` and ``lr_step`` at least 0, ``lr_gamma`` above 0).
+
 Why one module: every shared section, the profile resolution that all of them go through and
 the canonical hashing that names cells and artifacts must agree on one set of rules (types,
 coercion, precedence); split, a change to one rule would have to be made in several files.
@@ -141,6 +144,8 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"data.{name} must be a positive integer or null, got {value}")
+        if self.split_seed < 0:
+            raise UserError(f"data.split_seed must be a non-negative integer, got {self.split_seed}")
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,12 @@ class KeyFilterConfig:
             raise UserError(f"keys.top_m must be >= 1, got {self.top_m}")
         if self.surrogate_epochs is not None and self.surrogate_epochs < 1:
             raise UserError(f"keys.surrogate_epochs must be >= 1, got {self.surrogate_epochs}")
+        if self.surrogate_budget is not None and self.surrogate_budget < 1:
+            raise UserError(f"keys.surrogate_budget must be a positive integer or null, got {self.surrogate_budget}")
+        if self.surrogate_batch_size < 1:
+            raise UserError(f"keys.surrogate_batch_size must be >= 1, got {self.surrogate_batch_size}")
+        if not self.surrogate_lr > 0:
+            raise UserError(f"keys.surrogate_lr must be > 0, got {self.surrogate_lr}")
 
 
 # Paper architectures per dataset [P: Experimental Setup]; the synthetic/digits sets are ours.
@@ -251,6 +262,18 @@ class ModelConfig:
 # --------------------------------------------------------------------------------------------
 # Resolution
 # --------------------------------------------------------------------------------------------
+
+def check_schedule(section: str, config: Any) -> None:
+    """The training-schedule fields ``config`` has, checked (torch rejects or misreads the rest):
+    ``momentum``, ``weight_decay`` and ``lr_step`` (0 = constant lr) at least 0, ``lr_gamma`` above 0."""
+    for name in ("momentum", "weight_decay", "lr_step"):
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and not value >= 0:
+            raise UserError(f"{section}.{name} must be >= 0, got {value}")
+    gamma = getattr(config, "lr_gamma", None)
+    if isinstance(gamma, (int, float)) and not gamma > 0:
+        raise UserError(f"{section}.lr_gamma must be > 0 (the factor of each lr step), got {gamma}")
+
 
 def _coerce(section: str, name: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against the annotated type ``hint``; ints become floats where asked."""
@@ -317,6 +340,9 @@ def resolve(cls: type, profile: str, *layers: Optional[Mapping[str, Any]], secti
     values: Dict[str, Any] = {}
     profiles = getattr(cls, "PROFILES", {}) or {}
     for layer in (profiles.get(profile, {}),) + tuple(l for l in layers if l):
+        if not isinstance(layer, Mapping):
+            raise UserError(f"section {section} must be a mapping of key: value, got {layer!r}; accepted keys: "
+                            f"{', '.join(names)}")
         for key, value in layer.items():
             if key not in names:
                 raise UserError(
@@ -324,6 +350,7 @@ def resolve(cls: type, profile: str, *layers: Optional[Mapping[str, Any]], secti
                 )
             values[key] = _coerce(section, key, value, hints[key])
     config = cls(**values)
+    check_schedule(section, config)
     validate = getattr(config, "validate", None)
     if callable(validate):
         validate()
@@ -396,7 +423,7 @@ def load_config_file(path: str) -> Dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file with the same sections."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"config file {path!r} does not exist; give a YAML or TOML file")
+        raise UserError(f"config file {path!r} does not exist or is not a file; give a YAML or TOML file")
     try:
         if p.suffix == ".toml":
             import tomllib

@@ -163,6 +163,8 @@ class RayBackend:
         self.gpus = 0.0
         self.slots = 1
         self.total_cpus = self.node_cpus = self.total_gpus = 0.0
+        if self.address is None:
+            check_local_device(device)
         if self.address is None and gpus_per_cell and not self._local_gpus():
             raise UserError(f"--gpus-per-cell {gpus_per_cell} asks for GPUs but this machine has none; "
                             "use --gpus-per-cell 0 (the default here) or --ray-address of a cluster with GPUs")
@@ -331,6 +333,19 @@ class RayBackend:
             self.stop()
 
 
+def check_local_device(device: str) -> None:
+    """``cuda`` / ``cuda:N`` must name a CUDA device of this machine (where serial and embedded-Ray
+    cells run); :class:`UserError` before anything runs otherwise."""
+    if not str(device).startswith("cuda"):
+        return
+    import torch
+
+    index, count = int(str(device).partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count:
+        raise UserError(f"--device {device} asks for CUDA device {index} but this machine has {count}; "
+                        "use --device auto or cpu" + (f", or cuda:0..{count - 1}" if count else ""))
+
+
 def make_backend(spec: GridSpec, default: str = "serial") -> Backend:
     """The backend ``spec.executor`` names (``default`` when it names none). ``auto`` is Ray,
     falling back to serial with a warning when Ray is not installed; asked for explicitly, a
@@ -339,6 +354,7 @@ def make_backend(spec: GridSpec, default: str = "serial") -> Backend:
     explicit = name != "auto"
     name = "ray" if name == "auto" else name
     if name == "serial":
+        check_local_device(spec.device)
         if spec.gpus_per_cell:
             log.warning("--gpus-per-cell only applies to the ray executor")
         return SerialBackend()

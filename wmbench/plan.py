@@ -70,17 +70,43 @@ def load_bundle(dataset: str, data: Mapping[str, Any], options: Mapping[str, Any
     return load_data(dataset, root=root, download=download, options=dict(options), **data)
 
 
-def incompatibility(method_cls: type, attack_cls: type, attack_config: Any, data: DataBundle) -> str:
+def incompatibility(method_cls: type, attack_cls: type, attack_config: Any, data: DataBundle,
+                    method_config: Any = None) -> str:
     """Why a (method, attack) pair cannot run on ``data``; empty when it can."""
     if data.num_classes < method_cls.min_classes:
         return (f"{method_cls.name} needs at least {method_cls.min_classes} classes; "
                 f"{data.name} has {data.num_classes}")
+    problem = class_problem(method_cls.name, method_config, data) if method_config is not None else ""
+    if problem:
+        return problem
     needs = attack_cls.needs_for(attack_config)
     missing = set(needs) - set(method_cls.exposes)
     if missing:
         return (f"{attack_cls.name} needs victim access {sorted(needs)}; {method_cls.name}'s victim exposes only "
                 f"{sorted(method_cls.exposes)}")
     return attack_cls(attack_config).incompatibility(method_cls, data) or ""
+
+
+#: Method options that name a class of the dataset (checked against it when planning).
+CLASS_INDEX_FIELDS: Tuple[str, ...] = ("target", "source")
+
+
+def check_names(settings: Settings) -> None:
+    """The registry names inside the shared sections: the key filter's surrogate architecture and
+    query set (``None`` or ``attacker``: the owner's own data)."""
+    MODELS.get(settings.keys.surrogate_arch)
+    if settings.keys.surrogate_query_set not in (None, "attacker"):
+        DATASETS.get(settings.keys.surrogate_query_set)
+
+
+def class_problem(method: str, config: Any, data: DataBundle) -> str:
+    """Why a class-index option of a method config (:data:`CLASS_INDEX_FIELDS`) is not a class of
+    ``data``; empty when each is."""
+    for name in CLASS_INDEX_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value < data.num_classes:
+            return f"methods.{method}.{name} must be a class index 0..{data.num_classes - 1} of {data.name}, got {value}"
+    return ""
 
 
 def _stage_variants(settings: Settings, name: str) -> List[Any]:
@@ -98,6 +124,7 @@ def plan(settings: Settings, methods: Sequence[str], attacks: Sequence[str], dat
          sweep: Optional[Mapping[str, Any]] = None) -> List[PlannedCell]:
     """Expand one settings' grid into cells; incompatible cells carry a ``skipped_reason``."""
     planned: List[PlannedCell] = []
+    check_names(settings)
     data_id = data_identity(settings)
     for dataset in datasets:
         options = settings.dataset_options(dataset)
@@ -116,7 +143,7 @@ def plan(settings: Settings, methods: Sequence[str], attacks: Sequence[str], dat
                 for variant in itertools.product(*(_stage_variants(settings, n) for n in stages)):
                     # Only the first stage faces the watermarked victim's API; later stages attack
                     # a model the adversary already holds.
-                    reason = incompatibility(method_cls, ATTACKS.get(stages[0]), variant[0], bundle)
+                    reason = incompatibility(method_cls, ATTACKS.get(stages[0]), variant[0], bundle, method_config)
                     labels = "+".join(getattr(v, "labels", "") for v in variant if getattr(v, "labels", ""))
                     for seed in seeds:
                         cell = Cell(

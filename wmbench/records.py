@@ -105,9 +105,29 @@ def read_cell(path: Path) -> Dict[str, Any]:
         record = json.loads(Path(path).read_text())
         if not isinstance(record, dict) or "cell_id" not in record or "status" not in record:
             raise ValueError("missing cell_id/status")
+        _check_shape(record)
         return record
     except (OSError, ValueError) as exc:
         raise UserError(f"corrupt result file {path}: {exc}; delete it and rerun `wmbench run` to recompute the cell") from None
+
+
+def _check_shape(record: Mapping[str, Any]) -> None:
+    """The parts of a record readers rely on: ``cell`` an object (its seed a whole number), ``metrics`` stages of
+    ``{metric: number}``, ``curve`` a list of objects; ValueError naming the first that is not."""
+    cell = record.get("cell", {})
+    if not isinstance(cell, dict):
+        raise ValueError("'cell' is not an object")
+    if "seed" in cell and (isinstance(cell["seed"], bool) or not isinstance(cell["seed"], int)):
+        raise ValueError(f"the cell's seed is {cell['seed']!r}, not a whole number")
+    metrics = record.get("metrics") or {}
+    if not isinstance(metrics, dict) or not all(isinstance(m, dict) for m in metrics.values()):
+        raise ValueError("'metrics' is not an object of stages")
+    for stage, values in metrics.items():
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"metric {stage}.{name} is {value!r}, not a number")
+    if not isinstance(record.get("curve") or [], list) or not all(isinstance(p, dict) for p in record.get("curve") or []):
+        raise ValueError("'curve' is not a list of objects")
 
 
 def finished(run_dir: Path, cell_id: str) -> Optional[Dict[str, Any]]:

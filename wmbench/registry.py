@@ -248,7 +248,12 @@ def list_models() -> List[str]:
 
 def load_plugin(module: str) -> None:
     """Import a plugin module (``--plugin MODULE``); its decorators register its entries."""
+    if not isinstance(module, str) or not module.strip():
+        raise UserError(f"--plugin needs a module name such as mypkg.plugins, got {module!r}")
     try:
         importlib.import_module(module)
     except ImportError as exc:
         raise UserError(f"cannot import plugin module {module!r}: {exc}; give an importable module path") from None
+    except Exception as exc:  # the module itself is broken: name it, not a traceback of its import
+        raise UserError(f"plugin module {module!r} failed while being imported: {type(exc).__name__}: {exc}; "
+                        "fix the module (python -c 'import MODULE' shows the traceback)") from None

@@ -126,7 +126,10 @@ def read_table(path: Path) -> pd.DataFrame:
     frame[text] = frame[text].fillna("").astype(str)
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
     frame["step"] = pd.to_numeric(frame["step"], errors="coerce")
-    frame["seed"] = frame["seed"].astype(int)
+    try:
+        frame["seed"] = frame["seed"].astype(int)
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: column seed must hold whole numbers, got {frame['seed'].iloc[0]!r}") from None
     return frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]]
 
 

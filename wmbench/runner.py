@@ -8,8 +8,10 @@ Every cell is finished at most once: a finished cell is reused, so a killed run 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import shutil
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import pandas as pd
@@ -28,13 +30,26 @@ log = logging.getLogger(__name__)
 
 
 def start_run(run_plan: RunPlan) -> None:
-    """Create the run folder, write ``run.json`` and the records of the skipped cells."""
+    """Create the run folder, write ``run.json`` and the records of the skipped cells.
+
+    A folder that cannot be written (no permission, full disk) raises :class:`UserError`, and the
+    folders this call created are removed again: a failed start leaves no half-made run folder."""
     run_dir, opts = run_plan.run_dir, run_plan.opts
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "run.json", canonical_json(run_plan.manifest))
-    for p in run_plan.planned:
-        if p.skipped_reason and (opts.overwrite or finished(run_dir, p.cell.cell_id) is None):
-            write_cell(run_dir, skipped_record(p.cell, p.skipped_reason, opts.run_name))
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "run.json", canonical_json(run_plan.manifest))
+        for p in run_plan.planned:
+            if p.skipped_reason and (opts.overwrite or finished(run_dir, p.cell.cell_id) is None):
+                write_cell(run_dir, skipped_record(p.cell, p.skipped_reason, opts.run_name))
+    except OSError as exc:
+        if created:  # the folders this call made (deepest first) hold only what it wrote: remove them
+            shutil.rmtree(run_dir, ignore_errors=True)
+            for folder in created[1:]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise UserError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}; give a writable --out "
+                        "folder with free space") from None
 
 
 def run(spec: GridSpec | Any = None, *args: Any, on_record: Optional[Callable[[Dict[str, Any]], None]] = None,

@@ -37,10 +37,34 @@ def default_executor(cli: bool = False) -> str:
     return os.environ.get(DEFAULT_EXECUTOR_ENV) or ("auto" if cli else "serial")
 
 
-def _names(value: str | Sequence[str]) -> Tuple[str, ...]:
-    """``"a,b"`` or ``["a", "b"]`` -> ``("a", "b")`` (blank items dropped)."""
-    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
-    return tuple(item.strip() for item in items if item.strip())
+#: The command-line flag of each sequence field, for messages.
+_FLAGS = {"overrides": "--set", "sweeps": "--sweep", "plugins": "--plugin"}
+#: Devices a spec may name: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _strings(name: str, value: Any) -> Tuple[str, ...]:
+    """A string or an iterable of strings as a tuple; anything else raises :class:`UserError`."""
+    if isinstance(value, str):
+        return (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        items = (value,)
+    if not all(isinstance(item, str) for item in items):
+        raise UserError(f"{_FLAGS.get(name, '--' + name)} needs a string or a list of strings, got {value!r}")
+    return items
+
+
+def _names(name: str, value: str | Sequence[str]) -> Tuple[str, ...]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``("a", "b")`` (blank items dropped); a name given twice
+    raises :class:`UserError` (it would be the same cells twice)."""
+    items = value.split(",") if isinstance(value, str) else _strings(name, value)
+    names = tuple(item.strip() for item in items if item.strip())
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"--{name} repeats {', '.join(repeated)}; give each name once")
+    return names
 
 
 def parse_seeds(seeds: str | int | Sequence[int]) -> Tuple[int, ...]:
@@ -53,7 +77,10 @@ def parse_seeds(seeds: str | int | Sequence[int]) -> Tuple[int, ...]:
             raise UserError(f"malformed --seeds {seeds!r}; expected comma-separated integers such as 0,1,2") from None
     else:
         try:
-            values = [operator.index(s) for s in ([seeds] if isinstance(seeds, int) else list(seeds))]
+            items = [seeds] if isinstance(seeds, int) else list(seeds)
+            if any(isinstance(s, bool) for s in items):
+                raise TypeError("a bool is not a seed")
+            values = [operator.index(s) for s in items]
         except TypeError:
             raise UserError(f"--seeds needs whole numbers, got {seeds!r}") from None
     if not values or any(v < 0 for v in values):
@@ -93,6 +120,11 @@ def expand_sweeps(sweeps: Sequence[str]) -> List[Dict[str, Any]]:
         values = list(node) if isinstance(node, list) else [_leaf(parse_set([f"{key}={v}"]), key) for v in raw.split(",")]
         if not values:
             raise UserError(f"--sweep {item!r} has no values")
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise UserError(f"--sweep {key} repeats {repeated[0]!r}; give each value once")
+        if any(key == k for k, _ in axes):
+            raise UserError(f"--sweep {key} given twice; give all its values in one --sweep {key}=v1,v2,...")
         axes.append((key, values))
     combos: List[Dict[str, Any]] = [{}]
     for key, values in axes:
@@ -166,16 +198,23 @@ class GridSpec:
     def __post_init__(self) -> None:
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
         for name in ("methods", "attacks", "datasets"):
-            fix(name, _names(getattr(self, name)))
+            fix(name, _names(name, getattr(self, name)))
             if not getattr(self, name):
                 raise UserError(f"--{name} needs at least one name")
         for name in ("overrides", "sweeps", "plugins"):
-            value = getattr(self, name)
-            fix(name, (value,) if isinstance(value, str) else tuple(value))
+            fix(name, _strings(name, getattr(self, name)))
         for name in ("out", "cache_dir", "data_root", "config"):
             value = getattr(self, name)
             if value is not None:
+                if not isinstance(value, (str, os.PathLike)):
+                    raise UserError(f"--{name.replace('_', '-')} must be a path (str or os.PathLike), got {value!r}")
                 fix(name, os.fspath(value))
+        for name in ("download", "overwrite", "compile", "progress"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "progress" and value is None):
+                raise UserError(f"{name} must be True or False{' or None' if name == 'progress' else ''}, got {value!r}")
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
+            raise UserError(f"unknown --device {self.device!r}; accepted: auto, cpu, cuda or cuda:N")
         fix("seeds", parse_seeds(self.seeds))
         for chain in self.attacks:
             split_chain(chain)
@@ -196,15 +235,22 @@ class GridSpec:
            datasets: str | Sequence[str] = "fmnist", **fields: Any) -> "GridSpec":
         """A spec from the positional (methods, attacks, datasets) and keyword fields; unknown
         keywords raise :class:`UserError` naming the accepted ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise UserError(f"unknown grid option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}")
+        _check_fields(fields)
         return cls(methods=methods, attacks=attacks, datasets=datasets, **fields)
 
     def replace(self, **changes: Any) -> "GridSpec":
+        """A copy with ``changes``; unknown fields raise :class:`UserError` naming the accepted ones."""
+        _check_fields(changes)
         return dataclasses.replace(self, **changes)
 
     def executor_or(self, default: str) -> str:
         """The executor this spec names, or ``default``."""
         return self.executor or default
+
+
+def _check_fields(fields: Dict[str, Any]) -> None:
+    """Unknown :class:`GridSpec` field names raise :class:`UserError` naming the accepted ones."""
+    known = {f.name for f in dataclasses.fields(GridSpec)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise UserError(f"unknown grid option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}")

@@ -243,8 +243,10 @@ def channel_stats(x: Tensor, chunk: int = 8192) -> Tuple[Tuple[float, ...], Tupl
         return tuple([0.0] * c), tuple([1.0] * c)
     mean = total / count
     var = (total_sq / count - mean * mean).clamp_min(0.0)
-    std = var.sqrt().clamp_min(1e-6)
-    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+    std = var.sqrt()
+    # a channel that never varies gets the smallest positive std the 4 decimals can hold (rounding
+    # a clamp of 1e-6 gave 0.0, which the models' normalisation rejects)
+    return tuple(round(float(v), 4) for v in mean), tuple(max(round(float(v), 4), 1e-4) for v in std)
 
 
 def resolve_root(root: Optional[Union[str, os.PathLike]]) -> Optional[str]:
@@ -329,6 +331,9 @@ def _load_source(
     start = time.perf_counter()
     train, test = source.load(root, download)
     for label, split in (("train", train), ("test", test)):
+        if len(split) == 0:
+            raise UserError(f"dataset {name!r} has no {label} images{' in ' + source.source_path if source.source_path else ''}; "
+                            "give data with at least one training and one test image")
         if split.x.shape[1:] != (source.channels, source.size, source.size):
             raise RuntimeError(
                 f"dataset {name!r} {label} images have shape {tuple(split.x.shape[1:])}, "

@@ -83,10 +83,13 @@ class _CIFARBase(DatasetSource):
                     f"{self.title} in {os.path.join(directory, self.folder)} is incomplete or corrupt "
                     f"({exc}); replace it with the torchvision-format {self.folder}/ folder"
                 ) from None
-            except Exception as exc:
+            except Exception as exc:  # network errors when downloading; unreadable batch files otherwise
                 if download:
                     raise UserError(f"downloading {self.title} into {directory} failed: {exc}") from None
-                raise
+                raise UserError(
+                    f"{self.title} in {os.path.join(directory, self.folder)} is corrupt ({type(exc).__name__}: {exc}); "
+                    f"replace it with the torchvision-format {self.folder}/ folder"
+                ) from None
             if train:
                 self.class_names = tuple(str(c) for c in ds.classes)
             splits.append(_to_split(ds.data, ds.targets))

@@ -278,6 +278,10 @@ class ImageFolderData(DatasetSource):
         train_items = self._class_files(train_dir, class_to_idx)
         if not train_items:
             raise UserError(f"training folder {train_dir} holds no images ({', '.join(IMG_EXTENSIONS)})")
+        empty = sorted(set(classes) - {classes[label] for _, label in train_items})
+        if empty:
+            raise UserError(f"class folder(s) {', '.join(os.path.join(train_dir, c) for c in empty)} hold no images "
+                            f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder")
         test_dir = self._test_dir(path)
         if test_dir is not None and os.path.isfile(os.path.join(test_dir, "val_annotations.txt")):
             test_items = self._tiny_imagenet_val(test_dir, class_to_idx)
