@@ -89,7 +89,9 @@ def test_every_method_steals_and_verifies_on_cifar10_and_rgb_sets(data_root, tmp
     failed = {k: r.get("error") for k, r in cells.items() if r["status"] == "failed"}
     assert failed == {} and rc == 0
     methods = {m for m, _, _ in cells}
-    assert len(methods) == 12  # every built-in method ran (or was skipped with its reason)
+    built_in = {"deeptracer", "badnets", "composite", "abstract", "content", "noise", "unrelated", "ewe", "margin",
+                "mea_defender", "fcw", "t2s"}
+    assert built_in <= methods  # every built-in method ran or was skipped with its reason (plugins may add more)
     ok = [r for r in cells.values() if r["status"] == "ok"]
     assert all(r["cell"]["arch"] == "cwnet" for r in ok)  # the VGG-like CIFAR model
     assert all(r["cell"]["train"].get("augment") == ["crop", "flip"] for r in ok)  # the CIFAR recipe
