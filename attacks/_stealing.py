@@ -66,16 +66,16 @@ def validate_stealing(section: str, cfg: Any) -> None:
     if has("budget") and cfg.budget is not None and cfg.budget < 1:
         raise UserError(f"{section}.budget must be a positive integer or null, got {cfg.budget}")
     names = DATASETS.names()
+    available = f"available: {ATTACKER_POOL}, {', '.join(names)}, or several joined by '+'"
+    unknown = lambda pool: any(p != ATTACKER_POOL and p not in names for p in pool_parts(pool))  # noqa: E731
     for key in ("query_set", "proxy_set"):
         value = getattr(cfg, key, None)
-        if value is not None and any(part != ATTACKER_POOL and part not in names for part in pool_parts(value)):
-            raise UserError(f"unknown {section}.{key} {value!r}; available: {ATTACKER_POOL}, {', '.join(names)}, "
-                            "or several joined by '+'")
+        if value is not None and unknown(value):
+            raise UserError(f"unknown {section}.{key} {value!r}; {available}")
     if has("query_sets") and cfg.query_sets:
         for value in cfg.query_sets:
-            if any(part != ATTACKER_POOL and part not in names for part in pool_parts(value)):
-                raise UserError(f"unknown dataset {value!r} in {section}.query_sets; available: "
-                                f"{ATTACKER_POOL}, {', '.join(names)}, or several joined by '+'")
+            if unknown(value):
+                raise UserError(f"unknown dataset {value!r} in {section}.query_sets; {available}")
         if getattr(cfg, "query_set", None) is not None:
             raise UserError(f"{section}: give either query_set or query_sets (distribution shift), not both")
     if has("pool_transforms"):

@@ -9,26 +9,21 @@
 # Fashion-MNIST's idx files are read from .devdata/fashion-mnist (see benchmarks/gpu_session.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/gpu-out}
+source benchmarks/_device_setup.sh
 LIMIT=${LIMIT:-300}
 RUN=/tmp/paper-run
-mkdir -p "$OUT" /usr/share/datasets
-[ -d /usr/share/datasets/fashion-mnist ] || cp -r .devdata/fashion-mnist /usr/share/datasets/fashion-mnist
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2  # six processes share 16 cores
-python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/wm . >/dev/null 2>&1 \
-  || { echo "install failed"; exit 1; }
-export PYTHONPATH=/tmp/wm
+export OMP_NUM_THREADS=2  # six processes share 16 cores
 start=$(date +%s)
 for job in deeptracer:soft deeptracer:hard badnets:soft badnets:hard content:soft content:hard; do
   method=${job%%:*}; labels=${job##*:}
-  timeout "$LIMIT" python3 /tmp/wm/bin/wmbench run --methods "$method" --attacks none,knockoff --datasets fmnist \
+  timeout "$LIMIT" $PY /tmp/wm/bin/wmbench run --methods "$method" --attacks none,knockoff --datasets fmnist \
     --profile paper --set "attacks.knockoff.labels=$labels" --executor serial --device cuda --out "$RUN" \
     --no-progress > "$OUT/$method-$labels.log" 2>&1 &
 done
 wait
 echo "paper run wall $(( $(date +%s) - start )) s"
 grep -h "^\[ok\]\|^\[failed\]" "$OUT"/*.log | sort | uniq
-python3 /tmp/wm/bin/wmbench report "$RUN" > /dev/null 2>&1 || true
+$PY /tmp/wm/bin/wmbench report "$RUN" > /dev/null 2>&1 || true
 (cd "$RUN" && tar czf "$OUT/paper-run.tgz" --exclude='*.pt' --exclude='*.pth' --exclude='*.safetensors' \
   --exclude='*.npz' --exclude='*.bin' .)
 ls -la "$OUT"

@@ -6,24 +6,16 @@
 #   3. a `smoke` grid on CUDA through the CLI (serial executor): every method with no attack, and
 #      DeepTracer and BadNets under every attack, every method under Knockoff, so that no code path mixes host and device tensors;
 #   4. the `quick` DeepTracer × Knockoff chain on CUDA (the chain timed on CPU in BENCHMARKS.md).
-# Fashion-MNIST's idx files are read from $FMNIST (default .devdata/fashion-mnist, copied there from
+# Fashion-MNIST (benchmarks/_device_setup.sh) is read from $FMNIST (default .devdata/fashion-mnist, copied there from
 # /usr/share/datasets/fashion-mnist before the call). Logs and tables go to ${OUT:-/tmp/gpu-out}.
 # To check the plumbing on a CPU machine: PY=.venv/bin/python DEVICE=cpu TSCALE=10 benchmarks/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/gpu-out}
-FMNIST=${FMNIST:-.devdata/fashion-mnist}
-mkdir -p "$OUT" /usr/share/datasets
-[ -d /usr/share/datasets/fashion-mnist ] || cp -r "$FMNIST" /usr/share/datasets/fashion-mnist
-export PYTHONUNBUFFERED=1
-PY=${PY:-python3}
+source benchmarks/_device_setup.sh
 DEVICE=${DEVICE:-cuda}
 t() { echo $(( $1 * ${TSCALE:-100} / 100 )); }  # a section's time limit, scaled
 SECTIONS=${SECTIONS:-1 2 3 4}  # a rerun may take fewer
 on() { [[ " $SECTIONS " == *" $1 "* ]]; }
-$PY -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/wm . >/dev/null 2>&1 \
-  || { echo "install failed"; exit 1; }
-export PYTHONPATH=/tmp/wm
 WM="$PY /tmp/wm/bin/wmbench"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/gpu.txt"
 

@@ -33,6 +33,8 @@ from typing import Any, Dict
 
 import torch
 
+from _proc import status  # benchmarks/ is the script's folder
+
 from wmbench.api import AttackContext
 from wmbench.blackbox import Blackbox
 from wmbench.cache import ArtifactStore
@@ -92,13 +94,6 @@ def dfme(iterations: int = 20) -> None:
               f"| {r['qps']:.0f} |", flush=True)
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(key)
-
 
 def _memory_child(copy: bool, size: int) -> Dict[str, float]:
     """Runs in a fresh process: Knockoff (1 epoch) over a ``size``-image pool; peak RSS rise.
@@ -126,7 +121,7 @@ def _memory_child(copy: bool, size: int) -> Dict[str, float]:
     import gc
 
     gc.collect()
-    base = _status("VmRSS")
+    base = status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the high-water mark to the current resident size
     started = time.perf_counter()
@@ -142,7 +137,7 @@ def _memory_child(copy: bool, size: int) -> Dict[str, float]:
     else:
         queries = cls(cfg).run(box, ctx).queries
     wall = time.perf_counter() - started
-    peak = _status("VmHWM")
+    peak = status("VmHWM")
     return {"queries": queries, "wall_s": wall, "rise": peak - base, "base": base,
             "pool": pool.x.numel() * pool.x.element_size(), "outputs": size * 10 * 4,
             "batch": 256 * pool.x[0].numel() * 4, "image": pool.x[0].numel() * pool.x.element_size()}

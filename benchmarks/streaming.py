@@ -21,13 +21,8 @@ import subprocess
 import sys
 import time
 
+from _proc import status  # benchmarks/ is the script's folder
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(key)
 
 
 def make_tree(root: str, images: int) -> None:
@@ -52,7 +47,7 @@ def child(tree: str, stream: str) -> None:
 
     torch.set_num_threads(1)
     torch.zeros(1).sum()  # torch's own first-use pages, before the baseline
-    base, base_file = _status("VmRSS"), _status("RssFile")
+    base, base_file = status("VmRSS"), status("RssFile")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     started = time.perf_counter()
@@ -64,8 +59,8 @@ def child(tree: str, stream: str) -> None:
     for start in range(0, len(order), 256):
         checksum += float(pool.x[order[start:start + 256]].sum())
     passed = time.perf_counter() - started
-    print(json.dumps({"stream": stream, "images": len(pool), "peak_mb": (_status("VmHWM") - base) / 2**20,
-                      "file_mb": (_status("RssFile") - base_file) / 2**20,
+    print(json.dumps({"stream": stream, "images": len(pool), "peak_mb": (status("VmHWM") - base) / 2**20,
+                      "file_mb": (status("RssFile") - base_file) / 2**20,
                       "load_s": loaded, "pass_s": passed, "checksum": round(checksum, 3)}))
 
 

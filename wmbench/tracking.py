@@ -67,12 +67,8 @@ class MLflowTracker:
     """One MLflow run per cell in a file store under the run folder."""
 
     def __init__(self, run_dir: Path) -> None:
-        try:
-            import mlflow
-        except ImportError:
-            raise UserError("--track mlflow needs MLflow; install it with `pip install mlflow-skinny` "
-                            "(or use --track tensorboard)") from None
-        self._mlflow = mlflow
+        import mlflow
+
         # MLflow 3 keeps its plain-file store in maintenance mode behind this switch; a file store
         # is what "no server, nothing to install beyond mlflow-skinny" needs (a database store
         # would need SQLAlchemy and a migration tool).
@@ -108,11 +104,8 @@ class TensorBoardTracker:
     """One event-file folder per cell under ``<out>/tensorboard``."""
 
     def __init__(self, run_dir: Path) -> None:
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            raise UserError("--track tensorboard needs tensorboardX (installed with ray[tune]); "
-                            "`pip install tensorboardX`") from None
+        from tensorboardX import SummaryWriter
+
         self._writer = SummaryWriter
         self.folder = Path(run_dir) / "tensorboard"
 
@@ -168,9 +161,7 @@ def tracking_callback(kind: str, run_dir: Path):
 
 
 def make_tracker(kind: str, run_dir: Path) -> Tracker:
-    """The tracker ``kind`` (one of :data:`TRACKERS`) writing under ``run_dir``."""
-    if kind == "mlflow":
-        return MLflowTracker(run_dir)
-    if kind == "tensorboard":
-        return TensorBoardTracker(run_dir)
-    raise UserError(f"unknown tracker {kind!r}; accepted: {', '.join(TRACKERS)}")
+    """The tracker ``kind`` (one of :data:`TRACKERS`) writing under ``run_dir``; an unknown kind or a
+    missing library raises :class:`UserError` (:func:`check_tracker`)."""
+    check_tracker(kind)
+    return MLflowTracker(run_dir) if kind == "mlflow" else TensorBoardTracker(run_dir)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import logging
 import math
 import sys
@@ -82,8 +83,7 @@ class Engine:
         return 8192 if device.type == "cuda" else 512
 
     def as_dict(self) -> Dict[str, object]:
-        return {"resident": self.resident, "channels_last": self.channels_last, "compile": self.compile,
-                "compile_mode": self.compile_mode, "eval_batch_size": self.eval_batch_size}
+        return dataclasses.asdict(self)
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")

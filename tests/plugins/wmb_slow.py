@@ -1,6 +1,7 @@
 """A plugin for the --cell-timeout tests: the ``sleepy`` attack sleeps ``$WMB_SLEEPY_SECONDS``
 (read when it runs, so a rerun of the very same cell can sleep less), then returns an unchanged
-copy of its target."""
+copy of its target. With ``$WMB_SLEEPY_LOG`` set it appends ``start`` to that file before sleeping
+and ``end`` after, so a test can tell a stopped attempt (no ``end``) and count attempts."""
 from __future__ import annotations
 
 import os
@@ -29,5 +30,14 @@ class Sleepy(Attack):
     Config = SleepyConfig
 
     def run(self, target, ctx):
+        _note("start")
         time.sleep(float(os.environ.get("WMB_SLEEPY_SECONDS", "0")))
+        _note("end")
         return AttackOutcome(model=private_copy(target), queries=0)
+
+
+def _note(event: str) -> None:
+    path = os.environ.get("WMB_SLEEPY_LOG")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(event + "\n")

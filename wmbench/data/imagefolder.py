@@ -252,8 +252,9 @@ class ImageFolderData(DatasetSource):
     def _read(self, items: Sequence[Tuple[str, int]]) -> Split:
         mode = "RGB" if self.channels == 3 else "L"
         paths = [p for p, _ in items]
+        y = torch.tensor([label for _, label in items], dtype=torch.int64)
         if self._streams(len(paths)):
-            return Split(self._shard(paths, mode), torch.tensor([label for _, label in items], dtype=torch.int64))
+            return Split(self._shard(paths, mode), y)
         if self.workers > 1 and len(paths) > 64:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
                 arrays = list(pool.map(lambda p: _load_image(p, self.size, mode), paths))
@@ -264,7 +265,6 @@ class ImageFolderData(DatasetSource):
         else:
             stacked = np.zeros((0, self.size, self.size, self.channels), dtype=np.uint8)
         x = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255.0)
-        y = torch.tensor([label for _, label in items], dtype=torch.int64)
         return Split(x, y)
 
     def load(self, root: Optional[str], download: bool) -> Tuple[Split, Split]:

@@ -30,12 +30,13 @@ from wmbench.errors import UserError
 from wmbench.registry import register_dataset
 
 
-def _idx_files(prefix: str = "") -> Dict[str, str]:
+def _idx_files(prefix: str = "", test: str = "t10k") -> Dict[str, str]:
+    """The four idx file names: MNIST's ``train-…`` / ``t10k-…``, EMNIST's ``<prefix>train-…`` / ``<prefix>test-…``."""
     return {
         "train_images": f"{prefix}train-images-idx3-ubyte",
         "train_labels": f"{prefix}train-labels-idx1-ubyte",
-        "test_images": f"{prefix}t10k-images-idx3-ubyte" if not prefix else f"{prefix}test-images-idx3-ubyte",
-        "test_labels": f"{prefix}t10k-labels-idx1-ubyte" if not prefix else f"{prefix}test-labels-idx1-ubyte",
+        "test_images": f"{prefix}{test}-images-idx3-ubyte",
+        "test_labels": f"{prefix}{test}-labels-idx1-ubyte",
     }
 
 
@@ -108,7 +109,7 @@ class EMNIST(_IdxSet):
         self.split = str(split)
         self.num_classes = EMNIST_SPLITS[self.split]
         self.class_names = tuple(str(i) for i in range(self.num_classes))
-        self.files = _idx_files(f"emnist-{self.split}-")
+        self.files = _idx_files(f"emnist-{self.split}-", test="test")
         self.title = f"EMNIST ({self.split})"
 
     def _download_kwargs(self) -> dict:

@@ -82,9 +82,6 @@ class ImageArray:
     def dim(self) -> int:
         return 4
 
-    def size(self, dim: Optional[int] = None):
-        return self.shape if dim is None else self.shape[dim]
-
     def __repr__(self) -> str:
         return f"ImageArray({self.path!r}, shape={tuple(self.shape)})"
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from wmbench.report.common import slug
 from wmbench.report.figures_grid import _save
-from wmbench.report.verdicts import DEFAULT_THEFT_TOLERANCE, verdicts
+from wmbench.report.verdicts import DEFAULT_THEFT_TOLERANCE, verdicts, working_copy
 
 __all__ = ["theft_frame", "theft_figure", "write_theft_figures"]
 
@@ -40,7 +40,7 @@ def theft_frame(df: Optional[pd.DataFrame],
         mean = part.groupby(keys, dropna=False).agg(
             suspect_acc=("suspect_acc", "mean"), wsr=("wsr", "mean"), victim_acc=("victim_acc", "mean"),
             threshold=("threshold", "mean"), seeds=("seed", "nunique")).reset_index()
-        mean["theft_ok"] = mean["suspect_acc"] >= (1 - theft_tolerance) * mean["victim_acc"] - 1e-9
+        mean["theft_ok"] = working_copy(mean["suspect_acc"], mean["victim_acc"], theft_tolerance)
         out[(str(dataset), str(model))] = mean.dropna(subset=["suspect_acc", "wsr"])
     return out
 
