@@ -27,6 +27,7 @@ import importlib.util
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -271,6 +272,7 @@ class RayBackend:
         refs: Dict[str, Any] = {}
         running: Dict[Any, Tuple[Task, float]] = {}
         done: set = set()
+        failed: Dict[str, str] = {}  # task id -> error, for the dependents of a task lost with its worker
         used_cpus = used_gpus = 0.0
         checked = time.monotonic()
 
@@ -318,8 +320,11 @@ class RayBackend:
                     try:
                         result = ray.get(ref)
                     except RayError as exc:  # the worker died (after Ray's retries) or a dependency's did
-                        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                        lost = [d for d in task.deps if d in failed]
+                        error = f"dependency {lost[0]} failed: {failed[lost[0]]}" if lost else ray_error_line(exc)
                         result = lost_task_result(task, opts, error, str(exc))
+                    if result.get("status") == "failed":
+                        failed[task.id] = result.get("error", "")
                     done.add(task.id)
                     yield task, result
         except BaseException:
@@ -331,6 +336,14 @@ class RayBackend:
             raise
         finally:
             self.stop()
+
+
+def ray_error_line(exc: BaseException) -> str:
+    """One readable line for a Ray error: its type and the first line of its message that is not
+    Ray's ``ray::task() (pid=…)`` header, without terminal colour codes."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    text = next((line for line in lines if line and not line.startswith("ray::")), "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def check_local_device(device: str) -> None:
