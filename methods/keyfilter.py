@@ -64,7 +64,8 @@ def train_surrogate(ctx: Context, victim: nn.Module, cfg: KeyFilterConfig) -> nn
                          seed=ctx.seed_for("surrogate"), device=ctx.device, store=ctx.store, profile=ctx.profile,
                          progress=ctx.progress, victim_arch=cfg.surrogate_arch)
     attack = Knockoff(KnockoffConfig(
-        labels="soft", budget=cfg.surrogate_budget, query_set=cfg.surrogate_query_set, arch=cfg.surrogate_arch,
+        labels="soft", budget=cfg.surrogate_budget, query_set=cfg.surrogate_query_set,
+        pool_transforms=tuple(cfg.surrogate_pool_transforms), arch=cfg.surrogate_arch,
         epochs=cfg.surrogate_epochs or ctx.train.epochs, batch_size=cfg.surrogate_batch_size, optimizer="adam",
         lr=cfg.surrogate_lr, lr_step=0))
     box = Blackbox(victim, num_classes=ctx.data.num_classes, input_shape=ctx.input_shape, mode="probs",

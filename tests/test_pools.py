@@ -237,3 +237,39 @@ def test_a_pool_study_is_one_command_and_draws_the_theft_map(tmp_path):
     assert main(["report", str(out)]) == 0
     assert any((out / "figures").glob("theft_synthetic_*.png"))
     assert "theft" in (out / "report.md").read_text()
+
+
+def test_the_owners_surrogate_takes_pools_and_transforms_like_the_attacks(tmp_path, monkeypatch):
+    """``keys.surrogate_query_set`` joins sets with ``+`` (``attacker`` is the owner's own images
+    there) and ``keys.surrogate_pool_transforms`` transforms its query batches; the default leaves
+    DeepTracer's cell ids alone, and bad values are refused when planning."""
+    import wmbench.attacks.knockoff as knockoff
+    from wmbench import run
+    from wmbench.config import KeyFilterConfig
+
+    assert "surrogate_pool_transforms" not in identity_dict(resolve(KeyFilterConfig, "quick", {}))
+    pools, transforms = [], []
+    real_pool, real_transform = knockoff.query_pool, knockoff.pool_transform
+
+    def spy_pool(ctx, name, classes=None):
+        pool = real_pool(ctx, name, classes)
+        pools.append((name, len(ctx.data.attacker), len(pool)))
+        return pool
+
+    monkeypatch.setattr(knockoff, "query_pool", spy_pool)
+    monkeypatch.setattr(knockoff, "pool_transform", lambda names, gen: transforms.append(tuple(names)) or
+                        real_transform(names, gen))
+    table = run("deeptracer", "none", "synthetic", profile="smoke", out=str(tmp_path / "r"), executor="serial",
+                progress=False, overrides=["datasets.synthetic.train_size=300", "datasets.synthetic.test_size=100",
+                                           "train.epochs=1", "keys.surrogate_query_set=attacker+digits",
+                                           "keys.surrogate_pool_transforms=[flip,mixup]"])
+    assert set(table.status) == {"ok"}
+    (name, owner_images, pool_images), = pools  # the surrogate is the only Knockoff of this grid
+    assert name == "attacker+digits" and pool_images == owner_images + 1347  # the owner's images, then digits' training split
+    assert transforms == [("flip", "mixup")]
+    with pytest.raises(UserError, match="keys.surrogate_pool_transforms must be distinct names among"):
+        resolve(KeyFilterConfig, "quick", {"surrogate_pool_transforms": ["flip", "blur"]}, section="keys")
+    with pytest.raises(UserError, match="unknown dataset 'bogus'"):
+        run("deeptracer", "none", "synthetic", profile="smoke", out=str(tmp_path / "bad"), executor="serial",
+            progress=False, overrides=["keys.surrogate_query_set=attacker+bogus"])
+    assert not (tmp_path / "bad").exists()

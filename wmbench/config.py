@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from wmbench.augment import LABEL_PRESERVING
+from wmbench.augment import LABEL_PRESERVING, TRANSFORMS
 from wmbench.errors import UserError
 
 #: Field metadata of a setting added after results were published: while it holds its default (or
@@ -186,8 +186,13 @@ class KeyFilterConfig:
                                     (two_stage for DeepTracer, none for the others).
     top_m: int = 2000               M, the size of the final key set.
     surrogate_arch: str = "alexnet_cifar"   paper: AlexNet (ResNet18 on ImageNet).
-    surrogate_query_set: str | None = None  None = the owner's training images; else a dataset
-                                    name (paper: TinyImageNet; offline: e.g. digits).
+    surrogate_query_set: str | None = None  None (or "attacker") = the owner's training images;
+                                    else a dataset name (paper: TinyImageNet; offline: e.g. digits),
+                                    or several joined by "+" ("attacker+digits": the owner's
+                                    images and digits'), like the stealing attacks' ``query_set``.
+    surrogate_pool_transforms: tuple = ()   transformations of each query batch (flip, crop,
+                                    mixup, cutmix; see :mod:`wmbench.augment`), like the stealing
+                                    attacks' ``pool_transforms`` [wmbench option; the paper: none].
     surrogate_budget: int | None = None     queries; None = the whole query set once.
     surrogate_epochs: int | None = None     None = ``train.epochs``.
     surrogate_lr: float = 1e-3      Adam, constant.
@@ -203,6 +208,7 @@ class KeyFilterConfig:
     top_m: int = 2000
     surrogate_arch: str = "alexnet_cifar"
     surrogate_query_set: Optional[str] = None
+    surrogate_pool_transforms: Tuple[str, ...] = field(default=(), metadata=NEW_SETTING)
     surrogate_budget: Optional[int] = None
     surrogate_epochs: Optional[int] = None
     surrogate_lr: float = 1e-3
@@ -230,6 +236,10 @@ class KeyFilterConfig:
             raise UserError(f"keys.surrogate_batch_size must be >= 1, got {self.surrogate_batch_size}")
         if not self.surrogate_lr > 0:
             raise UserError(f"keys.surrogate_lr must be > 0, got {self.surrogate_lr}")
+        transforms = self.surrogate_pool_transforms
+        if any(t not in TRANSFORMS for t in transforms) or len(set(transforms)) != len(transforms):
+            raise UserError(f"keys.surrogate_pool_transforms must be distinct names among {', '.join(TRANSFORMS)}, "
+                            f"got {list(transforms)}")
 
 
 # Paper architectures per dataset [P: Experimental Setup]; the synthetic/digits sets are ours.

@@ -93,10 +93,12 @@ CLASS_INDEX_FIELDS: Tuple[str, ...] = ("target", "source")
 
 def check_names(settings: Settings) -> None:
     """The registry names inside the shared sections: the key filter's surrogate architecture and
-    query set (``None`` or ``attacker``: the owner's own data)."""
+    query set (``None`` or ``attacker``: the owner's own data; several joined by ``+``)."""
     MODELS.get(settings.keys.surrogate_arch)
-    if settings.keys.surrogate_query_set not in (None, "attacker"):
-        DATASETS.get(settings.keys.surrogate_query_set)
+    if settings.keys.surrogate_query_set is not None:
+        for part in settings.keys.surrogate_query_set.split("+"):
+            if part.strip() != "attacker":
+                DATASETS.get(part.strip())
 
 
 def class_problem(method: str, config: Any, data: DataBundle) -> str:
