@@ -173,3 +173,19 @@ def test_bad_arguments_raise_user_error(kwargs: dict) -> None:
 def test_model_from_spec_requires_keys() -> None:
     with pytest.raises(UserError, match="input_size"):
         model_from_spec({"arch": "tinycnn", "in_channels": 1, "num_classes": K})
+
+
+def test_the_cifar_recipes_doc_gives_the_models_parameter_counts():
+    """docs/cifar-recipes.md names each CIFAR architecture with its parameter count: checked here
+    so the page cannot drift from the code."""
+    import re
+    from pathlib import Path
+
+    from wmbench.models import build_model
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cifar-recipes.md").read_text()
+    rows = re.findall(r"^\| CIFAR-(10|100) \| `(\w+)`[^|]*\| [^|]+\| ([\d,]+) \|", doc, flags=re.M)
+    assert len(rows) == 5
+    for classes, arch, count in rows:
+        model = build_model(arch, in_channels=3, num_classes=int(classes), input_size=32)
+        assert sum(p.numel() for p in model.parameters()) == int(count.replace(",", "")), (arch, classes)
