@@ -189,3 +189,63 @@ def test_the_cifar_recipes_doc_gives_the_models_parameter_counts():
     for classes, arch, count in rows:
         model = build_model(arch, in_channels=3, num_classes=int(classes), input_size=32)
         assert sum(p.numel() for p in model.parameters()) == int(count.replace(",", "")), (arch, classes)
+
+
+@pytest.mark.parametrize("kwargs,shape", [({"kernel_size": 2}, (16, 8, 28, 28)), ({"kernel_size": 2}, (16, 8, 7, 7)),
+                                          ({"kernel_size": 2, "ceil_mode": True}, (4, 6, 7, 7)),
+                                          ({"kernel_size": 3, "stride": 2, "padding": 1}, (4, 6, 15, 15))])
+def test_our_max_pool_matches_torchs_bit_for_bit_with_ties(kwargs, shape):
+    """wmbench.models.base.MaxPool2d pools NCHW CPU inputs without gradient in channels-last
+    layout (a faster kernel): the outputs, their layout and, where gradients flow (the plain
+    path), the gradients equal nn.MaxPool2d's exactly, on inputs full of ties (ReLU zeros and a
+    repeated value) and NaNs."""
+    import torch
+    from torch import nn
+
+    from wmbench.models.base import MaxPool2d
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen).relu()
+    x[:, :, ::3, ::2] = 0.5
+    x[0, 0, 0, 0] = float("nan")
+    ours, plain = MaxPool2d(**kwargs), nn.MaxPool2d(**kwargs)
+    with torch.no_grad():
+        got, want = ours(x), plain(x)
+    assert torch.equal(got.nan_to_num(-1.0), want.nan_to_num(-1.0)) and torch.isnan(got).sum() == torch.isnan(want).sum()
+    assert got.is_contiguous() and got.stride() == want.stride()
+    grads = []
+    for module in (ours, plain):
+        xs = x.nan_to_num(0.0).requires_grad_(True)
+        out = module(xs)
+        out.backward(torch.arange(out.numel(), dtype=out.dtype).view_as(out))
+        grads.append((out.detach(), xs.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    assert isinstance(ours, nn.MaxPool2d) and ours.state_dict() == {}
+
+
+def test_models_with_our_max_pool_give_the_same_logits_in_inference_and_training():
+    """A NaiveNet whose pools are swapped back to nn.MaxPool2d gives the same logits (no_grad)
+    and the same gradients (training) as the registered one."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from wmbench.models import build_model
+    from wmbench.models.base import MaxPool2d
+
+    torch.manual_seed(0)
+    model = build_model("naivenet", in_channels=1, num_classes=10, input_size=28)
+    plain = copy.deepcopy(model)
+    swapped = 0
+    for module in plain.modules():
+        if type(module) is MaxPool2d:
+            module.__class__ = nn.MaxPool2d
+            swapped += 1
+    assert swapped == 2
+    x = torch.rand(32, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+    for m in (model, plain):
+        torch.nn.functional.cross_entropy(m(x), torch.arange(32) % 10).backward()
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), plain.parameters()))

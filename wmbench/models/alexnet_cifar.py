@@ -14,7 +14,7 @@ from typing import Sequence
 
 from torch import nn
 
-from wmbench.models.base import Classifier, require_input_size
+from wmbench.models.base import Classifier, MaxPool2d, require_input_size
 from wmbench.registry import register_model
 
 
@@ -44,17 +44,17 @@ def alexnet_cifar(
     backbone = nn.Sequential(
         nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=5),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2, ceil_mode=True),
+        MaxPool2d(2, ceil_mode=True),
         nn.Conv2d(64, 192, kernel_size=5, padding=2),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2, ceil_mode=True),
+        MaxPool2d(2, ceil_mode=True),
         nn.Conv2d(192, 384, kernel_size=3, padding=1),
         nn.ReLU(inplace=True),
         nn.Conv2d(384, 256, kernel_size=3, padding=1),
         nn.ReLU(inplace=True),
         nn.Conv2d(256, 256, kernel_size=3, padding=1),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2, ceil_mode=True),
+        MaxPool2d(2, ceil_mode=True),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
     )

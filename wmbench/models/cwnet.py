@@ -12,7 +12,7 @@ from typing import Sequence
 
 from torch import nn
 
-from wmbench.models.base import Classifier, require_input_size
+from wmbench.models.base import Classifier, MaxPool2d, require_input_size
 from wmbench.registry import register_model
 
 #: Smallest input side for which every feature map stays non-empty:
@@ -49,12 +49,12 @@ def cwnet(
         nn.ReLU(inplace=True),
         nn.Conv2d(64, 64, kernel_size=3),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         nn.Conv2d(64, 128, kernel_size=3),
         nn.ReLU(inplace=True),
         nn.Conv2d(128, 128, kernel_size=3),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         nn.AdaptiveAvgPool2d((5, 5)),
         nn.Flatten(),
         nn.Dropout(0.5),

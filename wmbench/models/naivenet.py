@@ -12,7 +12,7 @@ from typing import Sequence
 
 from torch import nn
 
-from wmbench.models.base import Classifier, require_input_size
+from wmbench.models.base import Classifier, MaxPool2d, require_input_size
 from wmbench.registry import register_model
 
 
@@ -42,10 +42,10 @@ def naivenet(
     backbone = nn.Sequential(
         nn.Conv2d(in_channels, 32, kernel_size=3, padding=1),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         nn.Conv2d(32, 64, kernel_size=3, padding=1),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(64 * side * side, 128),
         nn.ReLU(inplace=True),
@@ -77,7 +77,7 @@ def tinycnn(
     backbone = nn.Sequential(
         nn.Conv2d(in_channels, 8, kernel_size=3, padding=1),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+        MaxPool2d(2),
         nn.Conv2d(8, 16, kernel_size=3, padding=1),
         nn.ReLU(inplace=True),
         nn.AdaptiveAvgPool2d(4),
