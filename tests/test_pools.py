@@ -128,6 +128,35 @@ def test_transforms_keep_shape_range_and_are_seeded(name):
     assert torch.equal(x, _batch())  # the pool itself is untouched
 
 
+def _python_calls(fn) -> int:
+    """Python function calls and calls into C functions made from Python while ``fn()`` runs."""
+    import sys
+
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@pytest.mark.parametrize("name", POOL_TRANSFORMS)
+def test_transforms_run_no_python_loop_over_the_images(name):
+    """The hot path is batched tensor code: transforming 512 images makes exactly as many
+    Python calls as transforming 8, so no step loops over the images in Python."""
+    t = pool_transform([name, "flip"] if name != "flip" else [name], _gen(3))
+    small, large = _batch(n=8), _batch(n=512)
+    t(small)  # first call: lazy imports and caches
+    assert _python_calls(lambda: t(small)) == _python_calls(lambda: t(large))
+
+
 def test_flip_mirrors_about_half_of_the_images():
     x = _batch(n=400, c=1)
     out = flip(x, _gen())
