@@ -109,13 +109,15 @@ def _run_killed(argv: List[str], env: Dict[str, str], timeout: float = 300) -> T
     return proc.pid, proc.returncode, err
 
 
+def _key(values) -> tuple:
+    """A row's key with NaN (no curve step) as "", so equal keys compare equal."""
+    return tuple("" if isinstance(v, float) and v != v else v for v in values)
+
+
 def lost_and_duplicated(out: Path, table: pd.DataFrame) -> Tuple[int, int]:
     """Rows the records call for that ``table`` lacks, and rows ``table`` holds more than once."""
-    expected = Counter(tuple(row[k] for k in ROW_KEY) for r in _records(out).values() for row in record_rows(r))
-    present = Counter(tuple(row) for row in table[ROW_KEY].itertuples(index=False, name=None))
-    norm = lambda c: Counter({tuple("" if isinstance(v, float) and v != v else v for v in k): n  # noqa: E731
-                              for k, n in c.items()})
-    expected, present = norm(expected), norm(present)
+    expected = Counter(_key(row[k] for k in ROW_KEY) for r in _records(out).values() for row in record_rows(r))
+    present = Counter(_key(row) for row in table[ROW_KEY].itertuples(index=False, name=None))
     lost = sum((expected - present).values())
     duplicated = sum(n - 1 for n in present.values() if n > 1)
     return lost, duplicated
