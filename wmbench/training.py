@@ -56,7 +56,7 @@ class Engine:
         stay float32).
     channels_last: bool = True  while :func:`fit` trains, the model and 4-D image batches in
         channels-last layout (the layout cuDNN's tensor-core convolutions use); the model is
-        handed back in the standard layout, so code that ``view``\ s its weights (pruning) works.
+        handed back in the standard layout, so code that views its weights with ``view`` (pruning) works.
     compile: bool = False       train through ``torch.compile(model, mode=compile_mode)`` (the
         model itself, its weights and state-dict keys are unchanged; the first steps pay for the
         compilation, so it pays off on long schedules only).
