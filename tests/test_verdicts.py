@@ -343,3 +343,29 @@ def test_same_outcome_for_a_frame_without_detected_metric(frame):
     stripped = frame[frame["metric"] != "detected"]
     assert report.verdicts(stripped)["outcome"].tolist() == report.verdicts(frame)["outcome"].tolist()
     assert np.isfinite(report.verdicts(stripped)["wsr"]).all()
+
+
+def test_latex_keeps_16_columns_in_one_float_and_numbers_continuations_as_the_same_table():
+    """The paper's Table 2 with distillation and DFMS-HL beside it (16 value columns) is one float,
+    shrunk to the page width; a wider table splits at attack boundaries, and its later parts
+    keep the table's number ("(continued)", the counter stepped back) instead of taking the next."""
+    from wmbench.report.formats_shaped import MAX_LATEX_COLUMNS, shaped_latex
+    from wmbench.report.shaped import Row, Shaped, Value
+
+    def table(attacks: int) -> Shaped:
+        columns = [(f"Attack{a}", labels, metric) for a in range(attacks) for labels in ("Soft", "Hard")
+                   for metric in ("Acc", "WSR")]
+        return Shaped(key="table2", title="Table 2: robustness", row_headers=("Dataset", "Method"),
+                      columns=columns, rows=[Row(("FMNIST", "BadNets"), [Value(mean=50.0) for _ in columns])],
+                      label="tab:t2")
+
+    assert MAX_LATEX_COLUMNS == 16
+    one = shaped_latex(table(4))  # 16 value columns
+    assert one.count("\\begin{table}") == 1 and "continued" not in one and "addtocounter" not in one
+    assert "\\resizebox{\\ifdim\\width>\\linewidth" in one
+    two = shaped_latex(table(5))  # 20 value columns: 16 + 4
+    parts = two.split("\\end{table}")[:-1]
+    assert len(parts) == 2
+    assert "\\caption{Robustness}" in parts[0] and "\\label{tab:t2}" in parts[0] and "Attack3" in parts[0]
+    assert "\\addtocounter{table}{-1}\n\\caption{Robustness (continued)}" in parts[1]
+    assert "Attack4" in parts[1] and "Attack3" not in parts[1] and "\\label" not in parts[1]

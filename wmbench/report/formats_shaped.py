@@ -7,8 +7,9 @@ Markdown, with their notes and legend.
   ``\\textbf{\\boldmath…}``, *evaded* WSRs with a ``\\dag``, *theft failed* values in
   ``\\textcolor{gray}{…}`` (``xcolor``), ``paper`` rows in small italics. The tabular is shrunk
   to the text width when wider (never enlarged), and a table with more than
-  :data:`MAX_LATEX_COLUMNS` value columns is split at group boundaries into several floats
-  ("continued"), so every part fits one page wide and stays legible. Tables with more than
+  :data:`MAX_LATEX_COLUMNS` value columns is split at group boundaries into several floats,
+  so every part fits one page wide and stays legible; the parts after the first keep the
+  table's number and say "(continued)". Tables with more than
   :data:`~wmbench.report.formats.LATEX_LONG_ROWS` rows become a ``longtable``.
 * **HTML**: real ``<th colspan>`` / ``rowspan`` headers; ``<b>``, ``<sup>†</sup>``,
   ``class="failed"`` (grey) and ``class="paper"`` rows (styled by
@@ -33,7 +34,9 @@ from wmbench.report.stats import T_LEVEL
 __all__ = ["MAX_LATEX_COLUMNS", "shaped_markdown", "shaped_latex", "shaped_html", "shaped_notes"]
 
 #: Value columns per LaTeX tabular; wider tables are split into several (one page wide each).
-MAX_LATEX_COLUMNS = 12
+#: 16 keeps the paper's Table 2 (JBDA, Knockoff, DFME × soft, hard × Acc, WSR: 12 columns) with
+#: distillation and DFMS-HL beside it in one float, about 8 pt once shrunk to the text width.
+MAX_LATEX_COLUMNS = 16
 _MISSING = "–"
 
 
@@ -198,7 +201,9 @@ def _latex_part(table: Shaped, indices: List[int], part: int, parts: int) -> str
     keep = list(zip(_row_keys(kept), kept))
     # LaTeX numbers the tables itself: "Table 2: robustness ..." -> "Robustness ..."
     title = re.sub(r"^Table \w+: ", "", table.title)
-    caption = title[:1].upper() + title[1:] + (f" (part {part + 1} of {parts})" if parts > 1 else "")
+    caption = title[:1].upper() + title[1:] + (" (continued)" if part else "")
+    # a continuation keeps the table's number: LaTeX steps the counter at every caption
+    same_number = ["\\addtocounter{table}{-1}"] if part else []
     align = "l" * len(table.row_headers) + "r" * len(columns)
     header = _latex_header(table, columns)
     body, previous = [], None
@@ -216,14 +221,14 @@ def _latex_part(table: Shaped, indices: List[int], part: int, parts: int) -> str
     notes = " ".join(latex_escape(n) for n in shaped_notes(table, "latex")) if part == parts - 1 else ""
     label = f"\\label{{{table.label}}}" if table.label and part == 0 else ""
     if len(keep) > LATEX_LONG_ROWS:
-        lines = ["{\\scriptsize\\setlength{\\tabcolsep}{3pt}", f"\\begin{{longtable}}{{{align}}}",
+        lines = [*same_number, "{\\scriptsize\\setlength{\\tabcolsep}{3pt}", f"\\begin{{longtable}}{{{align}}}",
                  f"\\caption{{{latex_escape(caption)}}}{label} \\\\", "\\toprule", *header, "\\midrule",
                  "\\endfirsthead", "\\toprule", *header, "\\midrule", "\\endhead", "\\bottomrule", "\\endlastfoot",
                  *body, "\\end{longtable}}"]
         if notes:
             lines.append(f"{{\\footnotesize {notes}\\par}}")
         return "\n".join(lines) + "\n"
-    lines = ["\\begin{table}[htbp]", "\\centering", f"\\caption{{{latex_escape(caption)}}}"]
+    lines = ["\\begin{table}[htbp]", "\\centering", *same_number, f"\\caption{{{latex_escape(caption)}}}"]
     lines += [label] if label else []
     lines += ["\\setlength{\\tabcolsep}{4pt}",
               "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
