@@ -31,6 +31,6 @@ stage report
 "$WMBENCH" report "$RUN" --compare paper
 mkdir -p results/reference/fmnist-paper
 cp "$RUN"/report.md "$RUN"/report.tex "$RUN"/report.html "$RUN"/results.csv results/reference/fmnist-paper/
-cp "$RUN"/table*.csv "$RUN"/verdicts.csv results/reference/fmnist-paper/ 2>/dev/null || true
+cp "$RUN"/table*.csv "$RUN"/verdicts.csv "$RUN"/curves.csv results/reference/fmnist-paper/ 2>/dev/null || true
 rm -rf results/reference/fmnist-paper/figures && cp -r "$RUN"/figures results/reference/fmnist-paper/
 stage done

@@ -19,5 +19,5 @@ GRID=(--methods deeptracer,badnets,content,ewe --datasets fmnist --profile quick
 "$WMBENCH" run "${GRID[@]}" --attacks none,knockoff,jbda,dfme,distill --seeds 0,1,2
 "$WMBENCH" report "$RUN" --compare paper
 cp "$RUN"/report.md "$RUN"/report.tex "$RUN"/results.csv "$RUN"/table*.csv results/reference/fmnist-quick-seeds/
-cp "$RUN"/verdicts.csv results/reference/fmnist-quick-seeds/ 2>/dev/null || true
+cp "$RUN"/verdicts.csv "$RUN"/calibration.csv "$RUN"/curves.csv results/reference/fmnist-quick-seeds/ 2>/dev/null || true
 rm -rf results/reference/fmnist-quick-seeds/figures && cp -r "$RUN"/figures results/reference/fmnist-quick-seeds/
