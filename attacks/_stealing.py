@@ -36,17 +36,15 @@ from torch import Tensor, nn
 from wmbench.api import AttackContext
 from wmbench.blackbox import Blackbox
 from wmbench.config import OPTIMIZERS, TrainConfig
-from wmbench.data import Split, conform, training_pool
+from wmbench.data import ATTACKER_POOL, Split, conform, pool_parts, training_pool
 from wmbench.errors import UserError
 from wmbench.registry import DATASETS, MODELS
 
-from wmbench.augment import TRANSFORMS as POOL_TRANSFORMS, Transform
+from wmbench.augment import Transform, check_transforms
 from wmbench.training import Batch, BatchSource, LossFn, cross_entropy
 
 log = logging.getLogger(__name__)
 
-#: ``query_set``/``query_sets`` entry naming the attacker's split of the victim's dataset.
-ATTACKER_POOL = "attacker"
 LABEL_MODES = ("soft", "hard")
 #: Probabilities are clamped to this before taking logarithms (float32 softmax underflows to 0).
 PROB_FLOOR = 1e-30
@@ -79,10 +77,7 @@ def validate_stealing(section: str, cfg: Any) -> None:
         if getattr(cfg, "query_set", None) is not None:
             raise UserError(f"{section}: give either query_set or query_sets (distribution shift), not both")
     if has("pool_transforms"):
-        bad = [t for t in cfg.pool_transforms if t not in POOL_TRANSFORMS]
-        if bad or len(set(cfg.pool_transforms)) != len(cfg.pool_transforms):
-            raise UserError(f"{section}.pool_transforms must be distinct names among {', '.join(POOL_TRANSFORMS)}, "
-                            f"got {list(cfg.pool_transforms)}")
+        check_transforms(f"{section}.pool_transforms", cfg.pool_transforms)
     if has("classes") and cfg.classes is not None:
         if not cfg.classes or any(c < 0 for c in cfg.classes) or len(set(cfg.classes)) != len(cfg.classes):
             raise UserError(f"{section}.classes must be distinct non-negative class indices, got {list(cfg.classes)}")
@@ -146,11 +141,6 @@ def snapshot(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 # Query pools
 # --------------------------------------------------------------------------------------------
-def pool_parts(query_set: Optional[str]) -> List[str]:
-    """The sets of a pool name: ``"mnist+kmnist"`` is MNIST's and Kuzushiji-MNIST's images."""
-    return [part.strip() for part in str(query_set).split("+")] if query_set is not None else [ATTACKER_POOL]
-
-
 def query_pool(ctx: AttackContext, query_set: Optional[str], classes: Optional[Sequence[int]] = None) -> Split:
     """The attacker's query pool, shaped like the victim's inputs.
 

@@ -31,6 +31,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from wmbench.errors import UserError
+
 TRANSFORMS = ("flip", "crop", "mixup", "cutmix")
 #: The transformations that keep an image's label (usable as training augmentation).
 LABEL_PRESERVING = ("flip", "crop")
@@ -79,6 +81,13 @@ def cutmix(x: Tensor, gen: torch.Generator) -> Tensor:
 
 
 _BY_NAME = {"flip": flip, "crop": crop, "mixup": mixup, "cutmix": cutmix}
+
+
+def check_transforms(setting: str, names: Sequence[str], accepted: Sequence[str] = TRANSFORMS, note: str = "") -> None:
+    """:class:`UserError` unless ``names`` are distinct names among ``accepted``; ``setting`` is the
+    option named in the message (``note`` is added after the accepted names)."""
+    if any(n not in accepted for n in names) or len(set(names)) != len(names):
+        raise UserError(f"{setting} must be distinct names among {', '.join(accepted)}{note}, got {list(names)}")
 
 
 def compose(names: Sequence[str], gen: torch.Generator) -> Optional[Transform]:

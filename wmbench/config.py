@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from wmbench.augment import LABEL_PRESERVING, TRANSFORMS
+from wmbench.augment import LABEL_PRESERVING, check_transforms
 from wmbench.errors import UserError
 
 #: Field metadata of a setting added after results were published: while it holds its default (or
@@ -103,10 +103,8 @@ class TrainConfig:
             raise UserError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.lr}")
-        if self.augment is not None and (any(a not in LABEL_PRESERVING for a in self.augment)
-                                         or len(set(self.augment)) != len(self.augment)):
-            raise UserError(f"train.augment must be distinct names among {', '.join(LABEL_PRESERVING)} "
-                            f"(or [] for none), got {list(self.augment)}")
+        if self.augment is not None:
+            check_transforms("train.augment", self.augment, LABEL_PRESERVING, " (or [] for none)")
 
 
 @dataclass(frozen=True)
@@ -236,10 +234,7 @@ class KeyFilterConfig:
             raise UserError(f"keys.surrogate_batch_size must be >= 1, got {self.surrogate_batch_size}")
         if not self.surrogate_lr > 0:
             raise UserError(f"keys.surrogate_lr must be > 0, got {self.surrogate_lr}")
-        transforms = self.surrogate_pool_transforms
-        if any(t not in TRANSFORMS for t in transforms) or len(set(transforms)) != len(transforms):
-            raise UserError(f"keys.surrogate_pool_transforms must be distinct names among {', '.join(TRANSFORMS)}, "
-                            f"got {list(transforms)}")
+        check_transforms("keys.surrogate_pool_transforms", self.surrogate_pool_transforms)
 
 
 # Paper architectures per dataset [P: Experimental Setup]; the synthetic/digits sets are ours.

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from wmbench.cell import Cell, data_identity
 from wmbench.config import Settings, build_settings, identity_dict, load_config_file, merge_trees, parse_set
-from wmbench.data import DataBundle, load_data
+from wmbench.data import ATTACKER_POOL, DataBundle, load_data, pool_parts
 from wmbench.errors import UserError
 from wmbench.records import finished
 from wmbench.registry import ATTACKS, DATASETS, METHODS, MODELS, load_plugin
@@ -95,10 +95,9 @@ def check_names(settings: Settings) -> None:
     """The registry names inside the shared sections: the key filter's surrogate architecture and
     query set (``None`` or ``attacker``: the owner's own data; several joined by ``+``)."""
     MODELS.get(settings.keys.surrogate_arch)
-    if settings.keys.surrogate_query_set is not None:
-        for part in settings.keys.surrogate_query_set.split("+"):
-            if part.strip() != "attacker":
-                DATASETS.get(part.strip())
+    for part in pool_parts(settings.keys.surrogate_query_set):
+        if part != ATTACKER_POOL:
+            DATASETS.get(part)
 
 
 def class_problem(method: str, config: Any, data: DataBundle) -> str:

@@ -5,6 +5,7 @@ See :mod:`wmbench.data.base` for the design. Sources are registered in
 :data:`wmbench.registry.DATASETS` and imported on first use.
 """
 from wmbench.data.base import (
+    ATTACKER_POOL,
     DataBundle,
     DatasetSource,
     Split,
@@ -12,6 +13,7 @@ from wmbench.data.base import (
     conform,
     load_data,
     resolve_root,
+    pool_parts,
     split_indices,
     training_pool,
 )
@@ -27,5 +29,7 @@ __all__ = [
     "resolve_root",
     "split_indices",
     "training_pool",
+    "pool_parts",
+    "ATTACKER_POOL",
     "ImageArray",
 ]

@@ -28,7 +28,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -428,6 +428,17 @@ def load_data(
         name, resolve_root(root), bool(download), float(attacker_fraction), int(split_seed),
         *caps, frozen,
     )
+
+
+#: The pool name (``query_set`` entry, ``keys.surrogate_query_set``) of the querier's own split of the
+#: victim's dataset: the attacker's split for an attack, the owner's data for the owner's surrogate.
+ATTACKER_POOL = "attacker"
+
+
+def pool_parts(query_set: Optional[str]) -> List[str]:
+    """The sets of a pool name: ``"mnist+kmnist"`` is MNIST's and Kuzushiji-MNIST's images; None is
+    :data:`ATTACKER_POOL`."""
+    return [part.strip() for part in str(query_set).split("+")] if query_set is not None else [ATTACKER_POOL]
 
 
 def training_pool(name: str, *, root: Optional[Union[str, os.PathLike]] = None, download: bool = False,
