@@ -1,4 +1,5 @@
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,25 @@ FMNIST_SMALL = [
 def plugin_path(monkeypatch):
     monkeypatch.syspath_prepend(str(PLUGIN_DIR))
     return PLUGIN_DIR
+
+
+def wait_until_quiet(folder: Path, seconds: float = 3.0, limit: float = 90.0) -> None:
+    """Wait until no file under ``folder`` appears or changes for ``seconds`` (at most ``limit``):
+    a worker of a killed driver may still be finishing the cell in hand."""
+    def state() -> list:
+        files = []
+        for path in folder.rglob("*") if folder.is_dir() else []:
+            if not path.is_file():
+                continue
+            try:
+                files.append((str(path), path.stat().st_mtime_ns))
+            except FileNotFoundError:  # a temporary file renamed meanwhile: the next look sees the change
+                pass
+        return sorted(files)
+
+    last, quiet_since, end = None, time.time(), time.time() + limit
+    while time.time() - quiet_since < seconds and time.time() < end:
+        now = state()
+        if now != last:
+            last, quiet_since = now, time.time()
+        time.sleep(0.2)

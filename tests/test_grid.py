@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import PLUGIN_DIR
+from conftest import PLUGIN_DIR, wait_until_quiet
 from wmbench import report
 from wmbench.errors import UserError
 from wmbench.results import to_frame
@@ -235,12 +235,7 @@ def _kill_midway(argv: List[str], out: Path, env: Dict[str, str], timeout: float
             os.killpg(proc.pid, signal.SIGKILL)
     # A worker outside the process group may still finish the cell in hand: wait until the
     # folder is quiet, so the snapshot taken next is what the resumed run starts from.
-    last, quiet_since = None, time.time()
-    while time.time() - quiet_since < 3 and time.time() < deadline + 60:
-        now = sorted(p.name for p in (out / "cells").glob("*.json")) if (out / "cells").is_dir() else []
-        if now != last:
-            last, quiet_since = now, time.time()
-        time.sleep(0.2)
+    wait_until_quiet(out)
 
 
 def _snapshot(out: Path) -> Dict[Path, int]:

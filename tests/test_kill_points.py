@@ -22,7 +22,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -30,7 +29,7 @@ from typing import Dict, List, Tuple
 import pandas as pd
 import pytest
 
-from conftest import PLUGIN_DIR
+from conftest import PLUGIN_DIR, wait_until_quiet
 from wmbench.results import record_rows
 
 # 2 seeds x BadNets x (none, Knockoff soft, Knockoff hard): 6 cells, 2 benign and 2 victim builds.
@@ -84,17 +83,6 @@ def _records(out: Path) -> Dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
 
 
-def _wait_quiet(out: Path, seconds: float = 3.0, limit: float = 90.0) -> None:
-    """Wait until no file under ``out`` changes for ``seconds`` (a worker of a killed driver may
-    still be finishing the cell in hand)."""
-    last, quiet_since, end = None, time.time(), time.time() + limit
-    while time.time() - quiet_since < seconds and time.time() < end:
-        now = sorted((str(p), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()) if out.is_dir() else []
-        if now != last:
-            last, quiet_since = now, time.time()
-        time.sleep(0.2)
-
-
 def _run_killed(argv: List[str], env: Dict[str, str], timeout: float = 300) -> Tuple[int, int, str]:
     """Run ``argv`` in its own session; return its pid, exit code and stderr."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -137,7 +125,7 @@ def test_a_kill_point_loses_and_duplicates_nothing(tmp_path, point_id, executor,
     if outcome == "killed":
         assert code == -signal.SIGKILL, f"the driver should have been killed (exit {code}): {err[-3000:]}"
         if executor == "ray":
-            _wait_quiet(out)
+            wait_until_quiet(out)
     elif outcome == "completes":
         assert code == 0, f"Ray should have retried the killed task (exit {code}): {err[-3000:]}"
     else:

@@ -82,14 +82,15 @@ class MaxPool2d(nn.MaxPool2d):
     """:class:`torch.nn.MaxPool2d` with the same outputs and gradients, faster on CPU.
 
     PyTorch's CPU kernel for a contiguous NCHW input is several times slower than its
-    channels-last kernel: NaiveNet's first pool (128×32×28×28) takes 12.5 ms forward against
-    3.9 ms for the channels-last round trip on one thread (``benchmarks/cpu_pooling.py``). A
-    maximum is exact and the two kernels pick the same element of a window, ties included, so this
-    module pools a CPU input that is NCHW-contiguous in channels-last layout and hands it back
-    NCHW-contiguous, as the plain module would: outputs and gradients are bit-identical
-    (``tests/test_models.py``). Any other input (a GPU tensor, a channels-last one,
-    ``return_indices``) goes to the plain module unchanged. It has no parameters or buffers, so
-    state dicts are those of ``nn.MaxPool2d``.
+    channels-last kernel: NaiveNet's first pool (128×32×28×28) takes 14.0 ms forward against
+    3.3 ms for the channels-last round trip on one thread (BENCHMARKS.md,
+    ``benchmarks/cpu_pooling.py``). A maximum is exact, so this module pools a CPU input that is
+    NCHW-contiguous and needs no gradient in channels-last layout and hands it back
+    NCHW-contiguous, as the plain module would: the outputs are bit-identical
+    (``tests/test_models.py``). Where a gradient flows the plain kernel runs (the round trip was
+    no faster in training), as it does for any other input (a GPU tensor, a channels-last one,
+    ``return_indices``). It has no parameters or buffers, so state dicts are those of
+    ``nn.MaxPool2d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
