@@ -111,6 +111,17 @@ def test_files_layout_and_record(tmp_path):
     assert not [p for p in (tmp_path / "benign").iterdir() if p.name.endswith(".tmp")]
 
 
+def test_record_keeps_the_build_time(tmp_path, monkeypatch):
+    clock = iter([100.0, 142.5])  # the build starts at 100 s and ends at 142.5 s
+    monkeypatch.setattr("wmbench.cache.time.perf_counter", lambda: next(clock))
+    store = ArtifactStore(tmp_path)
+    store.get_or_build("benign", SPEC, Builder())
+    record = json.loads(store.paths("benign", store.key(SPEC))[1].read_text())
+    assert record["build_s"] == 42.5
+    store.save("victim", SPEC, _tensors())  # saved without a build time: no field, not a made-up one
+    assert "build_s" not in json.loads(store.paths("victim", store.key(SPEC))[1].read_text())
+
+
 def test_saved_file_loads_with_weights_only(tmp_path):
     store = ArtifactStore(tmp_path)
     store.get_or_build("benign", SPEC, Builder())

@@ -4,9 +4,9 @@ Each artifact (a benign model, a watermarked victim with its key set, a stolen m
 stored once under the hash of everything that determines it, and reused by every cell.
 
 Layout: ``ROOT/KIND/KEY.pt`` (a dict of tensors, read with ``torch.load(weights_only=True)``)
-and ``ROOT/KIND/KEY.json`` (spec, metadata and the SHA-256 of the ``.pt`` file). Both are
-written atomically (temp file + ``os.replace``); the JSON is written last and is the commit
-marker. On load the checksum is verified; a missing, truncated or corrupt file is logged and
+and ``ROOT/KIND/KEY.json`` (spec, metadata, the SHA-256 of the ``.pt`` file and ``build_s``, the
+seconds the build took). Both are written atomically (temp file + ``os.replace``); the JSON is
+written last and is the commit marker. On load the checksum is verified; a missing, truncated or corrupt file is logged and
 rebuilt, never used. A per-key ``flock`` keeps two processes from building the same artifact.
 """
 from __future__ import annotations
@@ -94,6 +94,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def timed_build(build: Callable[[], Tuple[Tensors, Meta]]) -> Tuple[Tensors, Meta, float]:
+    """Run ``build`` and return its tensors, metadata and wall seconds."""
+    started = time.perf_counter()
+    tensors, meta = build()
+    return tensors, meta, time.perf_counter() - started
+
+
 class ArtifactStore:
     """Artifacts under ``root`` keyed by ``(kind, spec)``; see the module docstring."""
 
@@ -138,7 +145,9 @@ class ArtifactStore:
             raise CorruptArtifact(f"{pt}: cannot be loaded ({exc})") from None
         return tensors, record.get("meta", {})
 
-    def save(self, kind: str, spec: Mapping[str, Any], tensors: Tensors, meta: Optional[Meta] = None) -> str:
+    def save(self, kind: str, spec: Mapping[str, Any], tensors: Tensors, meta: Optional[Meta] = None,
+             build_s: Optional[float] = None) -> str:
+        """Write the artifact; ``build_s`` (the seconds its build took) is recorded for timing reports."""
         key = self.key(spec)
         pt, js = self.paths(kind, key)
         import io
@@ -156,6 +165,8 @@ class ArtifactStore:
             "wmbench_version": __version__,
             "torch_threads": torch.get_num_threads(),  # CPU results can differ in the last bits across counts
         }
+        if build_s is not None:
+            record["build_s"] = round(build_s, 3)
         atomic_write_text(js, json.dumps(record, indent=1, sort_keys=True))
         return key
 
@@ -173,8 +184,8 @@ class ArtifactStore:
             if found is not None:
                 self.hits += 1
                 return found
-            tensors, meta = build()
-            self.save(kind, spec, tensors, meta)
+            tensors, meta, seconds = timed_build(build)
+            self.save(kind, spec, tensors, meta, build_s=seconds)
             self.builds += 1
             return tensors, meta
 

@@ -33,4 +33,6 @@ mkdir -p results/reference/fmnist-paper
 cp "$RUN"/report.md "$RUN"/report.tex "$RUN"/report.html "$RUN"/results.csv results/reference/fmnist-paper/
 cp "$RUN"/table*.csv "$RUN"/verdicts.csv "$RUN"/curves.csv results/reference/fmnist-paper/ 2>/dev/null || true
 rm -rf results/reference/fmnist-paper/figures && cp -r "$RUN"/figures results/reference/fmnist-paper/
+"${PYTHON:-.venv/bin/python}" results/reference/fmnist-paper/timings.py "$RUN" results/reference/fmnist-paper/timings.csv \
+  > results/reference/fmnist-paper/timings.md
 stage done

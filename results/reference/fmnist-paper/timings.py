@@ -1,0 +1,89 @@
+"""Wall and core time per stage of the paper-profile run (issue 13), from the run folder alone.
+
+Usage: ``python results/reference/fmnist-paper/timings.py RUN_DIR OUT_CSV`` (run.sh calls it).
+
+Every task of the run is timed from what the run folder keeps: an artifact task (benign model,
+victim, filtered keys with DeepTracer's surrogate) by its store record (``build_s`` seconds ending
+at ``created_at``), a cell task by its record (``wall_s`` seconds from ``started_at``). Work lost
+to a cut (an unfinished build or cell, redone on resume) is not counted.
+
+Tasks are assigned to the stage of ``run.sh`` that first needed them: a cell by its sweep (a
+``query_set`` sweep is the pool study, an ``epochs`` sweep the budget grid, none the main stage),
+an artifact by its training epochs (the paper's 100 for the main stage, 10 or 30 for the budget
+grid). A stage's **wall time** is the length of the union of its tasks' intervals — the time
+during which at least one of its tasks ran, which leaves out the hours between sessions when the
+run was cut and resumed — and its **task time** the sum of its tasks' durations (a task ran on one
+core beside another task, or on both when it ran alone: BENCHMARKS.md, "spare CPUs").
+"""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+PAPER_EPOCHS = 100
+
+
+def _utc(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def artifact_tasks(run_dir: Path) -> list[dict]:
+    rows = []
+    for path in sorted((run_dir / "artifacts").glob("*/*.json")):
+        record = json.loads(path.read_text())
+        epochs = record["spec"]["train"]["epochs"]
+        end = _utc(record["created_at"])
+        rows.append({"stage": "main" if epochs == PAPER_EPOCHS else "budget", "task": record["kind"],
+                     "method": record["spec"].get("method", ""), "detail": f"train.epochs={epochs}",
+                     "start": end - record["build_s"], "end": end})
+    return rows
+
+
+def cell_tasks(run_dir: Path) -> list[dict]:
+    results = pd.read_csv(run_dir / "results.csv", keep_default_na=False)
+    cells = results[results["status"] == "ok"].drop_duplicates("cell_id")
+    rows = []
+    for cell in cells.itertuples():
+        start = _utc(cell.started_at)
+        sweep = str(cell.sweep)
+        stage = "pools" if "query_set" in sweep else "budget" if "epochs" in sweep else "main"
+        rows.append({"stage": stage, "task": f"{cell.attack} {cell.labels}".strip(), "method": cell.method,
+                     "detail": sweep, "start": start, "end": start + float(cell.wall_s)})
+    return rows
+
+
+def union_length(intervals: list[tuple[float, float]]) -> float:
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def stage_table(tasks: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for stage in ("main", "pools", "budget"):
+        part = tasks[tasks["stage"] == stage]
+        if part.empty:
+            continue
+        rows.append({"stage": stage, "tasks": len(part),
+                     "wall_h": union_length(list(zip(part["start"], part["end"]))) / 3600,
+                     "task_h": (part["end"] - part["start"]).sum() / 3600})
+    return pd.DataFrame(rows)
+
+
+def main(run_dir: str, out_csv: str) -> None:
+    tasks = pd.DataFrame(artifact_tasks(Path(run_dir)) + cell_tasks(Path(run_dir)))
+    tasks["minutes"] = (tasks["end"] - tasks["start"]) / 60
+    tasks.sort_values(["stage", "start"]).drop(columns=["start", "end"]).to_csv(out_csv, index=False,
+                                                                                float_format="%.1f")
+    print(stage_table(tasks).to_markdown(index=False, floatfmt=".2f"))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
