@@ -112,12 +112,15 @@ def test_files_layout_and_record(tmp_path):
 
 
 def test_record_keeps_the_build_time(tmp_path, monkeypatch):
-    clock = iter([100.0, 142.5])  # the build starts at 100 s and ends at 142.5 s
+    clock = iter([100.0, 142.5, 200.0, 201.25])  # two builds: 100 s to 142.5 s, then 200 s to 201.25 s
     monkeypatch.setattr("wmbench.cache.time.perf_counter", lambda: next(clock))
     store = ArtifactStore(tmp_path)
     store.get_or_build("benign", SPEC, Builder())
     record = json.loads(store.paths("benign", store.key(SPEC))[1].read_text())
     assert record["build_s"] == 42.5
+    store.build("benign", SPEC, Builder(offset=1.0))  # a forced rebuild (--overwrite) is timed too
+    record = json.loads(store.paths("benign", store.key(SPEC))[1].read_text())
+    assert record["build_s"] == 1.25
     store.save("victim", SPEC, _tensors())  # saved without a build time: no field, not a made-up one
     assert "build_s" not in json.loads(store.paths("victim", store.key(SPEC))[1].read_text())
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import torch
 
 from wmbench.api import Context, KeySet
-from wmbench.cache import ArtifactStore, timed_build
+from wmbench.cache import ArtifactStore
 from wmbench.cell import Cell
 from wmbench.config import KeyFilterConfig, TrainConfig, VerifyConfig, resolve
 from wmbench.data import DataBundle
@@ -165,9 +165,7 @@ def prepare_victim(cell: Cell, opts: RunOptions, upto: str = "keys") -> Prepared
 
     def get(kind: str, spec: Mapping[str, Any], build: Callable):
         if rebuild and f"{kind}/{store.key(spec)}" not in fresh:
-            tensors, meta, seconds = timed_build(build)
-            store.save(kind, spec, tensors, meta, build_s=seconds)
-            return tensors, meta
+            return store.build(kind, spec, build)
         return store.get_or_build(kind, spec, build)
 
     tensors, meta = get("benign", base_spec, build_benign)

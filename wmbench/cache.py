@@ -6,8 +6,9 @@ stored once under the hash of everything that determines it, and reused by every
 Layout: ``ROOT/KIND/KEY.pt`` (a dict of tensors, read with ``torch.load(weights_only=True)``)
 and ``ROOT/KIND/KEY.json`` (spec, metadata, the SHA-256 of the ``.pt`` file and ``build_s``, the
 seconds the build took). Both are written atomically (temp file + ``os.replace``); the JSON is
-written last and is the commit marker. On load the checksum is verified; a missing, truncated or corrupt file is logged and
-rebuilt, never used. A per-key ``flock`` keeps two processes from building the same artifact.
+written last and is the commit marker. On load the checksum is verified; a missing, truncated or
+corrupt file is logged and rebuilt, never used. A per-key ``flock`` keeps two processes from
+building the same artifact.
 """
 from __future__ import annotations
 
@@ -94,13 +95,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def timed_build(build: Callable[[], Tuple[Tensors, Meta]]) -> Tuple[Tensors, Meta, float]:
-    """Run ``build`` and return its tensors, metadata and wall seconds."""
-    started = time.perf_counter()
-    tensors, meta = build()
-    return tensors, meta, time.perf_counter() - started
-
-
 class ArtifactStore:
     """Artifacts under ``root`` keyed by ``(kind, spec)``; see the module docstring."""
 
@@ -170,6 +164,14 @@ class ArtifactStore:
         atomic_write_text(js, json.dumps(record, indent=1, sort_keys=True))
         return key
 
+    def build(self, kind: str, spec: Mapping[str, Any], build: Callable[[], Tuple[Tensors, Meta]]
+              ) -> Tuple[Tensors, Meta]:
+        """Build the artifact unconditionally, save it with the seconds the build took and return it."""
+        started = time.perf_counter()
+        tensors, meta = build()
+        self.save(kind, spec, tensors, meta, build_s=time.perf_counter() - started)
+        return tensors, meta
+
     def get_or_build(
         self, kind: str, spec: Mapping[str, Any], build: Callable[[], Tuple[Tensors, Meta]]
     ) -> Tuple[Tensors, Meta]:
@@ -184,10 +186,9 @@ class ArtifactStore:
             if found is not None:
                 self.hits += 1
                 return found
-            tensors, meta, seconds = timed_build(build)
-            self.save(kind, spec, tensors, meta, build_s=seconds)
+            built = self.build(kind, spec, build)
             self.builds += 1
-            return tensors, meta
+            return built
 
     def _try_load(self, kind: str, spec: Mapping[str, Any]) -> Optional[Tuple[Tensors, Meta]]:
         try:

@@ -1,11 +1,11 @@
-"""Wall and core time per stage of the paper-profile run (issue 13), from the run folder alone.
+"""Wall and task time per stage of the paper-profile run (issue 13), from the run folder alone.
 
 Usage: ``python results/reference/fmnist-paper/timings.py RUN_DIR OUT_CSV`` (run.sh calls it).
 
 Every task of the run is timed from what the run folder keeps: an artifact task (benign model,
 victim, filtered keys with DeepTracer's surrogate) by its store record (``build_s`` seconds ending
-at ``created_at``), a cell task by its record in ``cells/`` (``wall_s`` seconds from ``started_at``). Work lost
-to a cut (an unfinished build or cell, redone on resume) is not counted.
+at ``created_at``), a cell task by its record in ``cells/`` (``wall_s`` seconds from
+``started_at``). Work lost to a cut (an unfinished build or cell, redone on resume) is not counted.
 
 Tasks are assigned to the stage of ``run.sh`` that first needed them: a cell by its sweep (a
 ``query_set`` sweep is the pool study, an ``epochs`` sweep the budget grid, none the main stage),
@@ -23,6 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+
+from wmbench.records import iter_records
 
 PAPER_EPOCHS = 100
 #: The store kinds built by a task of their own (this run has no attack chains, whose shared first
@@ -51,8 +53,7 @@ def artifact_tasks(run_dir: Path) -> list[dict]:
 
 def cell_tasks(run_dir: Path) -> list[dict]:
     rows = []
-    for path in sorted((run_dir / "cells").glob("*.json")):
-        record = json.loads(path.read_text())
+    for record in iter_records(run_dir):
         if record["status"] != "ok":
             continue
         cell, start = record["cell"], _utc(record["started_at"])
