@@ -46,14 +46,17 @@ Choices the paper leaves open [wmbench, each a Config parameter]:
 ``losses`` selects the terms for the paper's Table 4 ablation, e.g. ``"wm"``, ``"intra"``,
 ``"wm+intra"``; ``--sweep methods.deeptracer.losses=wm,intra,inter,wm+intra,wm+inter,intra+inter,wm+intra+inter``
 runs the whole table. ``selection="random"`` gives the Figure 5 ablation and ``n_sources`` the
-Table 20 one (2, 4, 6, 8 sources tiled in a 1×2, 2×2, 2×3, 2×4 grid).
+Table 20 one (2, 4, 6, 8 sources tiled in a 1×2, 2×2, 2×3, 2×4 grid). ``sources`` (with
+``target``) fixes the composite, a wmbench diagnostic outside the paper: the adaptive choice
+depends on the benign model, so a budget sweep otherwise changes the source classes with the
+budget.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -62,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmbench.api import Context, KeySet, WatermarkMethod
-from wmbench.config import TrainConfig
+from wmbench.config import NEW_SETTING, TrainConfig
 from wmbench.data import Split
 from wmbench.errors import UserError
 from wmbench.registry import register_method
@@ -83,6 +86,7 @@ class DeepTracerConfig:
     feature_space: str = "penultimate"  features for the class centroids: "penultimate" or "logits".
     pattern: str = "fixed"          quadrant order: "fixed" (sources in cluster order) or "shuffle".
     target: int | None = None       None = least likely class under the benign model (Eqs. 3–4).
+    sources: tuple = ()             fixed source classes in quadrant order; () = chosen by ``selection``.
     target_pool: int = 1000         composites used to choose the target.
     phase1_ratio: float = 0.01      watermark samples / training set in phase 1.
     phase2_ratio: float = 0.10      watermark samples / training set in phase 2.
@@ -101,6 +105,7 @@ class DeepTracerConfig:
     feature_space: str = "penultimate"
     pattern: str = "fixed"
     target: Optional[int] = None
+    sources: Tuple[int, ...] = field(default=(), metadata=NEW_SETTING)
     target_pool: int = 1000
     phase1_ratio: float = 0.01
     phase2_ratio: float = 0.10
@@ -147,6 +152,9 @@ class DeepTracerConfig:
             raise UserError("methods.deeptracer: phase1_ratio and phase2_ratio cannot both be 0")
         if self.margin < 0 or not 0 <= self.centroid_momentum < 1:
             raise UserError("methods.deeptracer: margin must be >= 0 and centroid_momentum in [0, 1)")
+        if self.sources and (len(self.sources) != self.n_sources or len(set(self.sources)) != len(self.sources)):
+            raise UserError(f"methods.deeptracer.sources must be {self.n_sources} distinct classes (n_sources), "
+                            f"got {list(self.sources)}")
         if self.n_candidates < 1 or self.target_pool < 1 or self.min_wm_per_batch < 1:
             raise UserError("methods.deeptracer: n_candidates, target_pool and min_wm_per_batch must be >= 1")
 
@@ -364,6 +372,11 @@ class DeepTracer(WatermarkMethod):
 
     def select_sources(self, ctx: Context, benign: nn.Module) -> List[int]:
         cfg = self.config
+        if cfg.sources:
+            if not all(0 <= c < ctx.data.num_classes for c in cfg.sources):
+                raise UserError(f"methods.deeptracer.sources {list(cfg.sources)} must be classes "
+                                f"0–{ctx.data.num_classes - 1}")
+            return [int(c) for c in cfg.sources]
         seed = ctx.seed_for("deeptracer", "sources")
         if cfg.selection == "random":
             return random_source_classes(ctx.data.num_classes, cfg.n_sources, seed)

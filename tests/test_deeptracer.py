@@ -3,11 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wmbench.config import KeyFilterConfig, resolve
+from wmbench.config import KeyFilterConfig, identity_dict, resolve
 from wmbench.data import Split
 from wmbench.errors import UserError
 from wmbench.methods.deeptracer import (
-    CentroidTracker, DeepTracerConfig, class_centroids, compose_grid, coupled_loss, grid_layout, inter_loss,
+    CentroidTracker, DeepTracer, DeepTracerConfig, class_centroids, compose_grid, coupled_loss, grid_layout, inter_loss,
     intra_loss, least_likely_target, mixed_batches, sample_composites, select_source_classes,
 )
 from wmbench.methods.keyfilter import two_stage_select
@@ -134,6 +134,27 @@ def test_config_validation():
         resolve(DeepTracerConfig, "paper", {"coupling_space": "cosine"})
     with pytest.raises(UserError, match="keys.filter"):
         resolve(KeyFilterConfig, "paper", {"filter": "three_stage"})
+
+
+def test_fixed_sources_are_validated_used_as_given_and_absent_from_old_ids():
+    with pytest.raises(UserError, match="4 distinct classes"):
+        resolve(DeepTracerConfig, "paper", {"sources": [6, 7, 1]})
+    with pytest.raises(UserError, match="4 distinct classes"):
+        resolve(DeepTracerConfig, "paper", {"sources": [6, 6, 1, 8]})
+    cfg = resolve(DeepTracerConfig, "paper", {"sources": [6, 7, 1, 8]})
+    assert cfg.sources == (6, 7, 1, 8)
+
+    class NoFeatures:  # a fixed choice must not look at the benign model
+        data = type("Data", (), {"num_classes": 10})()
+
+        def __getattr__(self, name):
+            raise AssertionError(f"fixed sources used ctx.{name}")
+
+    assert DeepTracer(cfg).select_sources(NoFeatures(), benign=None) == [6, 7, 1, 8]
+    with pytest.raises(UserError, match="classes 0–9"):
+        DeepTracer(resolve(DeepTracerConfig, "paper", {"sources": [6, 7, 1, 12]})).select_sources(NoFeatures(), None)
+    # the default leaves the identity (cell ids, artifact keys) of every earlier run unchanged
+    assert "sources" not in identity_dict(DeepTracerConfig()) and "sources" in identity_dict(cfg)
 
 
 def test_two_stage_select_fallback_drops_only_the_surrogate_criterion():

@@ -93,6 +93,9 @@ PAPER_SETTINGS: Tuple[PaperSetting, ...] = (
     S("methods.deeptracer.selection", "adaptive", "Paper: Source Classes Selection, Eqs. 1–2", "K-Means, K = 4"),
     S("methods.deeptracer.target", None, "Paper: Target Label Selection, Eqs. 3–4",
       "None = the least likely class under the benign model", shown="least likely class"),
+    S("methods.deeptracer.sources", (), "Paper: Source Classes Selection, Eqs. 1–2",
+      "empty = chosen by selection; a fixed list is a wmbench diagnostic (same composite across budgets)",
+      shown="chosen by Eqs. 1–2"),
     *many("methods.deeptracer", {"phase1_ratio": 0.01, "phase2_ratio": 0.1}, IMPL, "'1% and 10% … in the first and "
           "second phases'"),
     S("methods.deeptracer.phase2_lr", 1e-3, IMPL, "both phases: Adam 1e-3 halved every 10 epochs"),
