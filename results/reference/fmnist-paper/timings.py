@@ -10,7 +10,7 @@ at ``created_at``), a cell task by its record in ``cells/`` (``wall_s`` seconds 
 Tasks are assigned to the stage of ``run.sh`` that first needed them: a cell by its sweep (a
 ``query_set`` sweep is the pool study, an ``epochs`` sweep the budget grid, none the main stage),
 an artifact by its training epochs (the paper's 100 for the main stage, 10 or 30 for the budget
-grid). A stage's **wall time** is the length of the union of its tasks' intervals — the time
+grid); a task whose DeepTracer config fixes the source classes is the diagnostic stage. A stage's **wall time** is the length of the union of its tasks' intervals — the time
 during which at least one of its tasks ran, which leaves out the hours between sessions when the
 run was cut and resumed — and its **task time** the sum of its tasks' durations (a task ran on one
 core beside another task, or on both when it ran alone: BENCHMARKS.md, "spare CPUs").
@@ -27,6 +27,12 @@ import pandas as pd
 from wmbench.records import iter_records
 
 PAPER_EPOCHS = 100
+STAGES = ("main", "pools", "budget", "diagnostic")
+
+
+def _diagnostic(method_config: dict) -> bool:
+    """The diagnostic stage is the only one that fixes DeepTracer's source classes."""
+    return bool((method_config or {}).get("sources"))
 #: The store kinds built by a task of their own (this run has no attack chains, whose shared first
 #: stages are ``stolen`` tasks too); other records (a cell's stolen copy, DeepTracer's surrogate
 #: inside the key filter) are timed within the task that built them.
@@ -45,7 +51,9 @@ def artifact_tasks(run_dir: Path) -> list[dict]:
             continue
         epochs = record["spec"]["train"]["epochs"]
         end = _utc(record["created_at"])
-        rows.append({"stage": "main" if epochs == PAPER_EPOCHS else "budget", "task": record["kind"],
+        stage = ("diagnostic" if _diagnostic(record["spec"].get("method_config"))
+                 else "main" if epochs == PAPER_EPOCHS else "budget")
+        rows.append({"stage": stage, "task": record["kind"],
                      "method": record["spec"].get("method", ""), "detail": f"train.epochs={epochs}",
                      "start": end - record["build_s"], "end": end})
     return rows
@@ -58,7 +66,8 @@ def cell_tasks(run_dir: Path) -> list[dict]:
             continue
         cell, start = record["cell"], _utc(record["started_at"])
         sweep = ",".join(f"{k}={v}" for k, v in (cell.get("sweep") or {}).items())
-        stage = "pools" if "query_set" in sweep else "budget" if "epochs" in sweep else "main"
+        stage = ("diagnostic" if _diagnostic(cell.get("method_config")) else "pools" if "query_set" in sweep
+                 else "budget" if "epochs" in sweep else "main")
         rows.append({"stage": stage, "task": f"{cell['attack']} {cell.get('labels') or ''}".strip(),
                      "method": cell["method"], "detail": sweep, "start": start, "end": start + record["wall_s"]})
     return rows
@@ -75,7 +84,7 @@ def union_length(intervals: list[tuple[float, float]]) -> float:
 
 def stage_table(tasks: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for stage in ("main", "pools", "budget"):
+    for stage in STAGES:
         part = tasks[tasks["stage"] == stage]
         if part.empty:
             continue
