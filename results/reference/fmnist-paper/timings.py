@@ -10,10 +10,11 @@ at ``created_at``), a cell task by its record in ``cells/`` (``wall_s`` seconds 
 Tasks are assigned to the stage of ``run.sh`` that first needed them: a cell by its sweep (a
 ``query_set`` sweep is the pool study, an ``epochs`` sweep the budget grid, none the main stage),
 an artifact by its training epochs (the paper's 100 for the main stage, 10 or 30 for the budget
-grid); a task whose DeepTracer config fixes the source classes is the diagnostic stage. A stage's **wall time** is the length of the union of its tasks' intervals — the time
-during which at least one of its tasks ran, which leaves out the hours between sessions when the
-run was cut and resumed — and its **task time** the sum of its tasks' durations (a task ran on one
-core beside another task, or on both when it ran alone: BENCHMARKS.md, "spare CPUs").
+grid); a task whose DeepTracer config fixes the source classes belongs to the diagnostic stage. A
+stage's **wall time** is the length of the union of its tasks' intervals — the time during which
+at least one of its tasks ran, which leaves out the hours between sessions when the run was cut
+and resumed — and its **task time** the sum of its tasks' durations (a task ran on one core beside
+another task, or on both when it ran alone: BENCHMARKS.md, "spare CPUs").
 """
 from __future__ import annotations
 
@@ -29,14 +30,15 @@ from wmbench.records import iter_records
 PAPER_EPOCHS = 100
 STAGES = ("main", "pools", "budget", "diagnostic")
 
-
-def _diagnostic(method_config: dict) -> bool:
-    """The diagnostic stage is the only one that fixes DeepTracer's source classes."""
-    return bool((method_config or {}).get("sources"))
 #: The store kinds built by a task of their own (this run has no attack chains, whose shared first
 #: stages are ``stolen`` tasks too); other records (a cell's stolen copy, DeepTracer's surrogate
 #: inside the key filter) are timed within the task that built them.
 TASK_KINDS = ("benign", "victim", "filtered_keys")
+
+
+def _diagnostic(method_config: dict) -> bool:
+    """The diagnostic stage is the only one that fixes DeepTracer's source classes."""
+    return bool((method_config or {}).get("sources"))
 
 
 def _utc(stamp: str) -> float:
