@@ -7,14 +7,12 @@ victim, filtered keys with DeepTracer's surrogate) by its store record (``build_
 at ``created_at``), a cell task by its record in ``cells/`` (``wall_s`` seconds from
 ``started_at``). Work lost to a cut (an unfinished build or cell, redone on resume) is not counted.
 
-Tasks are assigned to the stage of ``run.sh`` that first needed them: a cell by its sweep (a
-``query_set`` sweep is the pool study, an ``epochs`` sweep the budget grid, none the main stage),
-an artifact by its training epochs (the paper's 100 for the main stage, 10 or 30 for the budget
-grid); a task whose DeepTracer config fixes the source classes belongs to the diagnostic stage. A
-stage's **wall time** is the length of the union of its tasks' intervals — the time during which
-at least one of its tasks ran, which leaves out the hours between sessions when the run was cut
-and resumed — and its **task time** the sum of its tasks' durations (a task ran on one core beside
-another task, or on both when it ran alone: BENCHMARKS.md, "spare CPUs").
+Tasks are assigned to the stage of ``run.sh`` that first needed them (:func:`stage_of`: by the
+DeepTracer config, the sweep and the training epochs). A stage's **wall time** is the length of
+the union of its tasks' intervals — the time during which at least one of its tasks ran, which
+leaves out the hours between sessions when the run was cut and resumed — and its **task time**
+the sum of its tasks' durations (a task ran on one core beside another task, or on both when it
+ran alone: BENCHMARKS.md, "spare CPUs").
 """
 from __future__ import annotations
 
@@ -36,9 +34,15 @@ STAGES = ("main", "pools", "budget", "diagnostic")
 TASK_KINDS = ("benign", "victim", "filtered_keys")
 
 
-def _diagnostic(method_config: dict) -> bool:
-    """The diagnostic stage is the only one that fixes DeepTracer's source classes."""
-    return bool((method_config or {}).get("sources"))
+def stage_of(method_config: dict, sweep: str, epochs: int) -> str:
+    """The stage of ``run.sh`` that first needed a task: the diagnostic is the only one that fixes
+    DeepTracer's source classes, the pool study the one that sweeps ``query_set``, and the budget
+    grid the one that sweeps epochs (its models train for 10 or 30)."""
+    if (method_config or {}).get("sources"):
+        return "diagnostic"
+    if "query_set" in sweep:
+        return "pools"
+    return "budget" if "epochs" in sweep or epochs != PAPER_EPOCHS else "main"
 
 
 def _utc(stamp: str) -> float:
@@ -53,9 +57,7 @@ def artifact_tasks(run_dir: Path) -> list[dict]:
             continue
         epochs = record["spec"]["train"]["epochs"]
         end = _utc(record["created_at"])
-        stage = ("diagnostic" if _diagnostic(record["spec"].get("method_config"))
-                 else "main" if epochs == PAPER_EPOCHS else "budget")
-        rows.append({"stage": stage, "task": record["kind"],
+        rows.append({"stage": stage_of(record["spec"].get("method_config"), "", epochs), "task": record["kind"],
                      "method": record["spec"].get("method", ""), "detail": f"train.epochs={epochs}",
                      "start": end - record["build_s"], "end": end})
     return rows
@@ -68,8 +70,7 @@ def cell_tasks(run_dir: Path) -> list[dict]:
             continue
         cell, start = record["cell"], _utc(record["started_at"])
         sweep = ",".join(f"{k}={v}" for k, v in (cell.get("sweep") or {}).items())
-        stage = ("diagnostic" if _diagnostic(cell.get("method_config")) else "pools" if "query_set" in sweep
-                 else "budget" if "epochs" in sweep else "main")
+        stage = stage_of(cell.get("method_config"), sweep, cell["train"]["epochs"])
         rows.append({"stage": stage, "task": f"{cell['attack']} {cell.get('labels') or ''}".strip(),
                      "method": cell["method"], "detail": sweep, "start": start, "end": start + record["wall_s"]})
     return rows
